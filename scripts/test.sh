@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The whole test suite: installs what is missing, checks formatting and
+# lints, builds, and runs every test. Run as root (the tests create files
+# the reference plugins must be able to read, and later network namespaces).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+./scripts/deps.sh
+if [[ $(id -u) -ne 0 ]]; then
+  echo "run the tests as root" >&2
+  exit 1
+fi
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked
