@@ -34,7 +34,7 @@ fn same_family(a: IpAddr, b: IpAddr) -> bool {
 /// One `{subnet, rangeStart, rangeEnd, gateway}` after canonicalization.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Range {
-    /// As written, host bits included (the reference keeps them too).
+    /// The network address: host bits are refused, as by the reference.
     pub subnet: IpNetwork,
     pub start: IpAddr,
     pub end: IpAddr,
@@ -79,6 +79,13 @@ impl Range {
             return Err(IpamError::InvalidRange(format!(
                 "Network {} too small to allocate from",
                 subnet_string(&subnet)
+            )));
+        }
+        if subnet.ip() != subnet.network() {
+            return Err(IpamError::InvalidRange(format!(
+                "Network has host bits set. For a subnet mask of length {} the network address is {}",
+                subnet.prefix(),
+                subnet.network()
             )));
         }
         let gateway = match spec.gateway {
@@ -262,6 +269,7 @@ mod tests {
     #[test]
     fn rejects_bad_ranges() {
         assert!(Range::canonicalize(&spec("10.1.2.0/31", None, None, None)).is_err());
+        assert!(Range::canonicalize(&spec("10.1.2.5/24", None, None, None)).is_err());
         assert!(
             Range::canonicalize(&spec(
                 "10.1.2.0/24",

@@ -1,0 +1,9 @@
+//! Test support for the workspace, not shipped: run CNI plugins the way a
+//! runtime does, find the Go reference plugins, and snapshot directories so
+//! two runs can be compared file by file.
+
+pub mod plugin;
+pub mod snapshot;
+
+pub use plugin::{Call, Outcome, reference_plugin};
+pub use snapshot::{Entry, all_paths, snapshot};

@@ -1,0 +1,144 @@
+//! Running a CNI plugin binary with the protocol's environment.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// Where Debian's `containernetworking-plugins` puts the Go reference.
+pub const REFERENCE_DIR: &str = "/usr/lib/cni";
+
+/// The reference plugin `name`. Panics when it is missing: a differential
+/// test that silently compared nothing would pass for the wrong reason.
+pub fn reference_plugin(name: &str) -> PathBuf {
+    let p = Path::new(REFERENCE_DIR).join(name);
+    assert!(
+        p.is_file(),
+        "reference plugin {} is missing: run ./scripts/deps.sh (apt package containernetworking-plugins)",
+        p.display()
+    );
+    p
+}
+
+/// One plugin invocation. The environment is cleared first so nothing from
+/// the test runner (a stray CNI_ARGS, say) leaks into the call.
+#[derive(Debug, Clone)]
+pub struct Call {
+    bin: PathBuf,
+    env: BTreeMap<String, String>,
+    stdin: Vec<u8>,
+}
+
+/// What a finished call left behind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// Exit code; -1 when killed by a signal.
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Outcome {
+    pub fn success(&self) -> bool {
+        self.code == 0
+    }
+
+    /// stdout parsed as JSON; panics with the whole outcome when it is not.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
+    }
+
+    /// The CNI error code of a failed call; panics if stdout is no error JSON.
+    pub fn error_code(&self) -> u64 {
+        let v = self.json();
+        v.get("code")
+            .and_then(|c| c.as_u64())
+            .unwrap_or_else(|| panic!("no error code in {self:?}"))
+    }
+}
+
+impl Call {
+    /// A call of `bin` with `CNI_COMMAND=command` and the usual defaults
+    /// (netns path, ifname eth0, CNI_PATH the binary's directory).
+    pub fn new(bin: impl AsRef<Path>, command: &str, container_id: &str) -> Self {
+        let bin = bin.as_ref().to_path_buf();
+        let mut env = BTreeMap::new();
+        env.insert("CNI_COMMAND".into(), command.into());
+        env.insert("CNI_CONTAINERID".into(), container_id.into());
+        env.insert("CNI_NETNS".into(), "/var/run/netns/testbed".into());
+        env.insert("CNI_IFNAME".into(), "eth0".into());
+        let dir = bin
+            .parent()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default();
+        env.insert("CNI_PATH".into(), dir);
+        Call {
+            bin,
+            env,
+            stdin: Vec::new(),
+        }
+    }
+
+    pub fn stdin(mut self, s: impl Into<Vec<u8>>) -> Self {
+        self.stdin = s.into();
+        self
+    }
+
+    pub fn ifname(self, name: &str) -> Self {
+        self.env("CNI_IFNAME", name)
+    }
+
+    pub fn netns(self, path: &str) -> Self {
+        self.env("CNI_NETNS", path)
+    }
+
+    pub fn args(self, args: &str) -> Self {
+        self.env("CNI_ARGS", args)
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.insert(key.into(), value.into());
+        self
+    }
+
+    pub fn unset(mut self, key: &str) -> Self {
+        self.env.remove(key);
+        self
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.env_clear()
+            .envs(&self.env)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    }
+
+    /// Starts the plugin and feeds stdin; the caller may kill it.
+    pub fn spawn(&self) -> std::io::Result<Child> {
+        let mut child = self.command().spawn()?;
+        if let Some(mut input) = child.stdin.take() {
+            // A plugin killed early closes its end; that is not our error.
+            let _ = input.write_all(&self.stdin);
+        }
+        Ok(child)
+    }
+
+    /// Runs the plugin to completion.
+    pub fn run(&self) -> Outcome {
+        let child = self
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.display()));
+        let out = child
+            .wait_with_output()
+            .unwrap_or_else(|e| panic!("waiting for {}: {e}", self.bin.display()));
+        Outcome {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
