@@ -146,8 +146,9 @@ pub struct VersionInfo {
     pub supported_versions: Vec<String>,
 }
 
-/// Spec 1.0+: the answer's `cniVersion` is the one the caller sent on stdin;
-/// without one (older runtimes send nothing) it is our newest version.
+/// Spec 1.0+ runtimes send `{cniVersion}` on stdin. The answer speaks that
+/// version when we support it; otherwise (older runtimes send nothing, or a
+/// version we do not know) our newest, as the Go skeleton always does.
 pub fn version_info(stdin: &[u8], supported: &[SpecVersion]) -> VersionInfo {
     #[derive(Deserialize)]
     struct Probe {
@@ -157,7 +158,7 @@ pub fn version_info(stdin: &[u8], supported: &[SpecVersion]) -> VersionInfo {
     let requested = serde_json::from_slice::<Probe>(stdin)
         .ok()
         .and_then(|p| p.cni_version)
-        .filter(|v| Semver::parse(v).is_ok());
+        .filter(|v| supported.iter().any(|s| s.as_str() == v));
     let newest = supported
         .iter()
         .max()
@@ -203,6 +204,8 @@ mod tests {
         assert_eq!(v.cni_version, "1.0.0");
         assert_eq!(v.supported_versions.len(), 7);
         assert_eq!(version_info(b"", &SpecVersion::ALL).cni_version, "1.1.0");
+        let v = version_info(br#"{"cniVersion":"9.9.9"}"#, &SpecVersion::ALL);
+        assert_eq!(v.cni_version, "1.1.0");
     }
 
     #[test]

@@ -182,8 +182,14 @@ impl IpamConfig {
         }
         let mut range_sets = Vec::with_capacity(specs.len());
         for (i, set) in specs.iter().enumerate() {
-            let rs = RangeSet::canonicalize(set)
-                .map_err(|e| IpamError::InvalidRange(format!("invalid range set {i}: {e}")))?;
+            let rs = RangeSet::canonicalize(set).map_err(|e| {
+                // Keep one "invalid range:" prefix, not one per layer.
+                let detail = match e {
+                    IpamError::InvalidRange(m) => m,
+                    other => other.to_string(),
+                };
+                IpamError::InvalidRange(format!("range set {i}: {detail}"))
+            })?;
             range_sets.push(rs);
         }
         let v4 = range_sets.iter().filter(|r| r.is_ipv4()).count();

@@ -27,6 +27,7 @@ pub struct Call {
     bin: PathBuf,
     env: BTreeMap<String, String>,
     stdin: Vec<u8>,
+    cwd: Option<PathBuf>,
 }
 
 /// What a finished call left behind.
@@ -58,6 +59,16 @@ impl Outcome {
     }
 }
 
+impl From<std::process::Output> for Outcome {
+    fn from(out: std::process::Output) -> Self {
+        Outcome {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+}
+
 impl Call {
     /// A call of `bin` with `CNI_COMMAND=command` and the usual defaults
     /// (netns path, ifname eth0, CNI_PATH the binary's directory).
@@ -77,6 +88,7 @@ impl Call {
             bin,
             env,
             stdin: Vec::new(),
+            cwd: None,
         }
     }
 
@@ -102,6 +114,12 @@ impl Call {
         self
     }
 
+    /// Working directory of the plugin (default: the test's).
+    pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Self {
+        self.cwd = Some(dir.as_ref().to_path_buf());
+        self
+    }
+
     pub fn unset(mut self, key: &str) -> Self {
         self.env.remove(key);
         self
@@ -114,6 +132,9 @@ impl Call {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        if let Some(dir) = &self.cwd {
+            c.current_dir(dir);
+        }
         c
     }
 
@@ -132,13 +153,9 @@ impl Call {
         let child = self
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.display()));
-        let out = child
+        child
             .wait_with_output()
-            .unwrap_or_else(|e| panic!("waiting for {}: {e}", self.bin.display()));
-        Outcome {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+            .unwrap_or_else(|e| panic!("waiting for {}: {e}", self.bin.display()))
+            .into()
     }
 }

@@ -26,6 +26,7 @@ pub use lease::Lease;
 
 const LAST_RESERVED: &str = "last_reserved_ip.";
 const SCRATCH: &str = "lease.tmp";
+const LAST_SCRATCH: &str = "last_reserved.tmp";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -97,6 +98,7 @@ impl Store {
             // A rebuild follows a crash or a foreign writer; clear what an
             // interrupted cross-filesystem write may have left.
             let _ = fs::remove_file(dir.join(format!(".{SCRATCH}")));
+            let _ = fs::remove_file(dir.join(format!(".{LAST_SCRATCH}")));
         }
         Ok(Store {
             dir,
@@ -129,9 +131,28 @@ impl Store {
             id: id.trim().to_string(),
             ifname: Some(ifname.to_string()),
         })?;
-        let last = self.dir.join(format!("{LAST_RESERVED}{range_idx}"));
-        write_mode(&last, ip.to_string().as_bytes(), 0o644).map_err(|e| io(&last, e))?;
+        self.write_last_reserved(range_idx, ip)?;
         Ok(true)
+    }
+
+    /// Replaces `last_reserved_ip.<n>` by rename, so a crash leaves the old
+    /// or the new address, never an empty file. No fsync: a lost update
+    /// only moves where round-robin resumes, and unreadable content is
+    /// treated as absent anyway.
+    fn write_last_reserved(&mut self, range_idx: usize, ip: IpAddr) -> Result<(), StoreError> {
+        let last = self.dir.join(format!("{LAST_RESERVED}{range_idx}"));
+        let mut scratch = self.index.scratch_dir()?.join(LAST_SCRATCH);
+        write_mode(&scratch, ip.to_string().as_bytes(), 0o644).map_err(|e| io(&scratch, e))?;
+        if let Err(e) = fs::rename(&scratch, &last) {
+            if e.raw_os_error() != Some(nix::errno::Errno::EXDEV as i32) {
+                return Err(io(&last, e));
+            }
+            // Index on another filesystem: stage beside the target.
+            scratch = self.dir.join(format!(".{LAST_SCRATCH}"));
+            write_mode(&scratch, ip.to_string().as_bytes(), 0o644).map_err(|e| io(&scratch, e))?;
+            fs::rename(&scratch, &last).map_err(|e| io(&last, e))?;
+        }
+        Ok(())
     }
 
     /// Writes the lease aside, syncs it, and renames it into place without
