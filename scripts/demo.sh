@@ -5,8 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ./scripts/deps.sh
-cargo build --release --locked -q -p host-local-ipam
-ours=target/release/host-local
+ours=$(./scripts/build-plugins.sh)/host-local
 ref=/usr/lib/cni/host-local
 data=$(mktemp -d /tmp/host-local-demo.XXXXXX)
 trap 'rm -rf "$data"' EXIT

@@ -16,7 +16,7 @@ pub mod lease;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::net::IpAddr;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
@@ -26,7 +26,6 @@ pub use lease::Lease;
 
 const LAST_RESERVED: &str = "last_reserved_ip.";
 const SCRATCH: &str = "lease.tmp";
-const LAST_SCRATCH: &str = "last_reserved.tmp";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -98,7 +97,6 @@ impl Store {
             // A rebuild follows a crash or a foreign writer; clear what an
             // interrupted cross-filesystem write may have left.
             let _ = fs::remove_file(dir.join(format!(".{SCRATCH}")));
-            let _ = fs::remove_file(dir.join(format!(".{LAST_SCRATCH}")));
         }
         Ok(Store {
             dir,
@@ -135,33 +133,36 @@ impl Store {
         Ok(true)
     }
 
-    /// Replaces `last_reserved_ip.<n>` by rename, so a crash leaves the old
-    /// or the new address, never an empty file. No fsync: a lost update
-    /// only moves where round-robin resumes, and unreadable content is
-    /// treated as absent anyway.
+    /// Overwrites `last_reserved_ip.<n>` in place and then trims it, so a
+    /// crash never leaves it empty (the reference truncates first and can).
+    /// A rename over it would cost an ext4 flush (auto_da_alloc) per ADD,
+    /// and at worst a torn write leaves a stale or unparsable hint, which
+    /// only moves where round-robin resumes.
     fn write_last_reserved(&mut self, range_idx: usize, ip: IpAddr) -> Result<(), StoreError> {
         let last = self.dir.join(format!("{LAST_RESERVED}{range_idx}"));
-        let mut scratch = self.index.scratch_dir()?.join(LAST_SCRATCH);
-        write_mode(&scratch, ip.to_string().as_bytes(), 0o644).map_err(|e| io(&scratch, e))?;
-        if let Err(e) = fs::rename(&scratch, &last) {
-            if e.raw_os_error() != Some(nix::errno::Errno::EXDEV as i32) {
-                return Err(io(&last, e));
-            }
-            // Index on another filesystem: stage beside the target.
-            scratch = self.dir.join(format!(".{LAST_SCRATCH}"));
-            write_mode(&scratch, ip.to_string().as_bytes(), 0o644).map_err(|e| io(&scratch, e))?;
-            fs::rename(&scratch, &last).map_err(|e| io(&last, e))?;
-        }
-        Ok(())
+        let text = ip.to_string();
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .open(&last)
+            .and_then(|f| {
+                f.write_all_at(text.as_bytes(), 0)?;
+                f.set_len(text.len() as u64)
+            })
+            .map_err(|e| io(&last, e))
     }
 
-    /// Writes the lease aside, syncs it, and renames it into place without
-    /// replacing anything: the lease appears whole or not at all.
+    /// Writes the lease aside and renames it into place without replacing
+    /// anything: the lease appears whole or not at all, whenever the
+    /// process dies. No fsync: it would double the cost of an ADD, and a
+    /// power loss ends every container the lease could belong to anyway; a
+    /// lease lost that way frees an address nobody holds, and an empty one
+    /// keeps its address until GC.
     fn place_lease(&mut self, target: &Path, contents: &[u8]) -> Result<bool, StoreError> {
         let scratch = self.index.scratch_dir()?.join(SCRATCH);
-        write_mode(&scratch, contents, 0o644)
-            .and_then(|_| File::open(&scratch)?.sync_data())
-            .map_err(|e| io(&scratch, e))?;
+        write_mode(&scratch, contents, 0o644).map_err(|e| io(&scratch, e))?;
         let rename = |from: &Path| {
             renameat2(
                 AT_FDCWD,
@@ -179,9 +180,7 @@ impl Store {
             // which the next rebuild removes).
             Err(nix::errno::Errno::EXDEV) => {
                 let local = self.dir.join(format!(".{SCRATCH}"));
-                write_mode(&local, contents, 0o644)
-                    .and_then(|_| File::open(&local)?.sync_data())
-                    .map_err(|e| io(&local, e))?;
+                write_mode(&local, contents, 0o644).map_err(|e| io(&local, e))?;
                 match rename(&local) {
                     Ok(()) => Ok(true),
                     Err(nix::errno::Errno::EEXIST) => Ok(false),

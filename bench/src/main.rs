@@ -1,0 +1,84 @@
+//! `cni-bench`: our CNI plugins against the Go reference plugins, in one run.
+//!
+//! Both sides run on the same machine in the same run, taking turns, so the
+//! ratios printed do not depend on how fast or busy the machine is. Every
+//! plugin call must succeed; a missed target is reported, not an error: the
+//! exit status is non-zero only when the benchmark itself could not run.
+
+mod host_local;
+mod plugin;
+mod stats;
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use nix::sys::signal::{SigSet, Signal};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Benchmarks our CNI plugins against the reference plugins"
+)]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// host-local IPAM: single ADD+DEL latency, filling and emptying a /16,
+    /// and how the per-call cost grows with the number of leases.
+    HostLocal(host_local::Options),
+}
+
+/// The signal that asked us to stop, or 0.
+static INTERRUPTED: AtomicI32 = AtomicI32::new(0);
+
+/// Whether SIGINT, SIGTERM or SIGHUP arrived; plugin calls check it so the
+/// run stops between two calls and removes its data directories on the way
+/// out (the release profile aborts on panic, so nothing else would).
+pub fn interrupted() -> Option<i32> {
+    match INTERRUPTED.load(Ordering::SeqCst) {
+        0 => None,
+        sig => Some(sig),
+    }
+}
+
+/// Takes SIGINT, SIGTERM and SIGHUP away from their default (die on the
+/// spot, leaving data behind) and hands them to a thread that only records
+/// them. Children get a clean signal mask from `std::process::Command`.
+fn catch_signals() -> Result<()> {
+    let mut set = SigSet::empty();
+    for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+        set.add(sig);
+    }
+    set.thread_block().context("blocking signals")?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            while let Ok(sig) = set.wait() {
+                INTERRUPTED.store(sig as i32, Ordering::SeqCst);
+            }
+        })
+        .context("starting the signal thread")?;
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = catch_signals().and_then(|()| match &cli.bench {
+        Bench::HostLocal(opts) => host_local::run(opts),
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("cni-bench: error: {err:#}");
+            match interrupted() {
+                Some(sig) => ExitCode::from(128u8.saturating_add(sig as u8)),
+                None => ExitCode::FAILURE,
+            }
+        }
+    }
+}
