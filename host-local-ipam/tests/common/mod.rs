@@ -124,25 +124,9 @@ pub fn differential(name: &str, netconf: &Value, steps: &[Step]) -> Vec<Outcome>
         outs.push(a);
     }
     // Beside the reference's layout we keep only our index directory.
-    let top: Vec<String> = std::fs::read_dir(ours.dir.path())
-        .expect("read data dir")
-        .map(|e| {
-            e.expect("dir entry")
-                .file_name()
-                .to_string_lossy()
-                .into_owned()
-        })
-        .filter(|n| n != ".host-local")
-        .collect();
-    let theirs_top: Vec<String> = std::fs::read_dir(theirs.dir.path())
-        .expect("read data dir")
-        .map(|e| {
-            e.expect("dir entry")
-                .file_name()
-                .to_string_lossy()
-                .into_owned()
-        })
-        .collect();
+    let mut top = names_in(ours.dir.path());
+    top.retain(|n| n != ".host-local");
+    let theirs_top = names_in(theirs.dir.path());
     assert_eq!(top, theirs_top, "{name}: data directory top level differs");
     outs
 }
@@ -176,4 +160,19 @@ pub fn non_lease_names(data_dir: &Path) -> Vec<String> {
         .into_keys()
         .filter(|name| name.parse::<std::net::IpAddr>().is_err())
         .collect()
+}
+
+/// The names of a directory's entries, sorted.
+pub fn names_in(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
+        .map(|e| {
+            e.expect("dir entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    names
 }
