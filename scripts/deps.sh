@@ -5,6 +5,9 @@ set -euo pipefail
 
 APT_PACKAGES=(
   containernetworking-plugins # the Go reference plugins, for differential tests and benchmarks
+  iproute2                    # ip netns: the tests' emulated nodes and pods
+  iptables                    # iptables-restore/-save: bridge ipMasq
+  nftables                    # nft: the tests read nft tables
 )
 
 missing=()

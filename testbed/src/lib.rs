@@ -2,8 +2,10 @@
 //! runtime does, find the Go reference plugins, and snapshot directories so
 //! two runs can be compared file by file.
 
+pub mod netns;
 pub mod plugin;
 pub mod snapshot;
 
+pub use netns::Netns;
 pub use plugin::{Call, Outcome, reference_plugin};
 pub use snapshot::{Entry, all_paths, snapshot};

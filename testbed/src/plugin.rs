@@ -28,6 +28,8 @@ pub struct Call {
     env: BTreeMap<String, String>,
     stdin: Vec<u8>,
     cwd: Option<PathBuf>,
+    /// Run the plugin with this netns as its host netns.
+    host_netns: Option<String>,
 }
 
 /// What a finished call left behind.
@@ -89,6 +91,7 @@ impl Call {
             env,
             stdin: Vec::new(),
             cwd: None,
+            host_netns: None,
         }
     }
 
@@ -114,6 +117,13 @@ impl Call {
         self
     }
 
+    /// Runs the plugin inside `ns` (through `ip netns exec`), which is then
+    /// the "host" netns for everything the plugin does.
+    pub fn in_netns(mut self, ns: &crate::Netns) -> Self {
+        self.host_netns = Some(ns.name().to_string());
+        self
+    }
+
     /// Working directory of the plugin (default: the test's).
     pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Self {
         self.cwd = Some(dir.as_ref().to_path_buf());
@@ -126,7 +136,14 @@ impl Call {
     }
 
     fn command(&self) -> Command {
-        let mut c = Command::new(&self.bin);
+        let mut c = match &self.host_netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
         c.env_clear()
             .envs(&self.env)
             .stdin(Stdio::piped())

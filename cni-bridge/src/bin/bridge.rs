@@ -1,0 +1,5 @@
+//! The `bridge` CNI plugin.
+
+fn main() -> std::process::ExitCode {
+    cni_protocol::skel::run(&cni_bridge::bridge::Bridge)
+}

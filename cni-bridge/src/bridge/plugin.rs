@@ -1,0 +1,333 @@
+//! ADD, DEL, CHECK, GC and STATUS of the bridge plugin.
+
+use std::path::Path;
+
+use cni_protocol::args::CniArgs;
+use cni_protocol::{CniError, CniResult, ErrorCode, Interface, Plugin, Request, ipam};
+use ipnetwork::IpNetwork;
+
+use crate::masq;
+use crate::netns;
+use crate::nl::{Netlink, format_mac};
+
+use super::config::{MasqBackend, NetConf};
+use super::{gateway, setup};
+use setup::{nl_err, ns_err};
+
+pub struct Bridge;
+
+fn load(req: &Request) -> Result<NetConf, CniError> {
+    let conf = NetConf::load(&req.stdin)?;
+    if conf.masq_backend()? == MasqBackend::Nftables && conf.ip_masq {
+        return Err(CniError::new(
+            ErrorCode::InvalidNetworkConfig,
+            "ipMasqBackend \"nftables\" is not available in this build yet",
+        ));
+    }
+    if conf.vlan != 0 || conf.vlan_trunk.is_some() {
+        return Err(CniError::new(
+            ErrorCode::InvalidNetworkConfig,
+            "vlan and vlanTrunk need bridge VLAN filtering, which this build does not program yet",
+        ));
+    }
+    Ok(conf)
+}
+
+fn cni_args_mac(req: &Request) -> Result<Option<String>, CniError> {
+    let args = CniArgs::parse(&req.env.args)?;
+    Ok(args.get("MAC").map(str::to_string))
+}
+
+/// What an ADD made so far, undone in reverse when a later step fails.
+#[derive(Default)]
+struct Undo {
+    host_veth: Option<String>,
+    bridge: Option<u32>,
+    ipam: bool,
+    masq: bool,
+}
+
+impl Undo {
+    fn run(self, nl: &Netlink, conf: &NetConf, req: &Request) {
+        if self.masq {
+            let _ = masq::teardown(&conf.name, &req.env.container_id, None);
+        }
+        if let Some(host) = &self.host_veth
+            && let Ok(Some(l)) = nl.link_by_name(host)
+        {
+            let _ = nl.del_link(l.index);
+        }
+        if self.ipam {
+            let _ = ipam::exec_del(&conf.ipam.plugin, req);
+        }
+        if let Some(br) = self.bridge {
+            let _ = nl.del_link(br);
+        }
+    }
+}
+
+fn add(req: &Request) -> Result<CniResult, CniError> {
+    let conf = load(req)?;
+    let mac = conf.requested_mac(cni_args_mac(req)?.as_deref());
+    let netns_path = Path::new(&req.env.netns);
+    // Fail before touching anything when the netns is missing.
+    netns::open(netns_path).map_err(ns_err)?;
+    let nl = Netlink::open().map_err(|e| nl_err("netlink", e))?;
+    let mut undo = Undo::default();
+    match add_steps(req, &conf, mac.as_deref(), netns_path, &nl, &mut undo) {
+        Ok(r) => Ok(r),
+        Err(e) => {
+            undo.run(&nl, &conf, req);
+            Err(e)
+        }
+    }
+}
+
+fn add_steps(
+    req: &Request,
+    conf: &NetConf,
+    mac: Option<&str>,
+    netns_path: &Path,
+    nl: &Netlink,
+    undo: &mut Undo,
+) -> Result<CniResult, CniError> {
+    let (br, created) = setup::ensure_bridge(nl, conf)?;
+    if created {
+        undo.bridge = Some(br.index);
+    }
+    let mtu = (conf.mtu > 0).then_some(conf.mtu);
+    let (host, cont) = setup::create_veth(nl, netns_path, &req.env.ifname, mtu, mac)?;
+    undo.host_veth = Some(host.clone());
+    let host_link = setup::attach_host_end(nl, &host, &br, conf)?;
+
+    let mut result = CniResult::default();
+    if conf.is_layer3() {
+        let ipam_result = ipam::exec_add(&conf.ipam.plugin, req)?;
+        undo.ipam = true;
+        result.ips = ipam_result.ips;
+        result.routes = ipam_result.routes;
+        result.dns = ipam_result.dns;
+        if result.ips.is_empty() {
+            return Err(CniError::internal("IPAM plugin returned missing IP config"));
+        }
+        let gws = gateway::calc(&mut result, conf)?;
+        setup::configure_container(netns_path, &req.env.ifname, &result, conf.enable_dad)?;
+        setup::wait_oper_up(nl, host_link.index)?;
+        if conf.is_gateway {
+            for gw in &gws {
+                setup::ensure_bridge_addr(nl, &br, *gw, conf.force_address)?;
+            }
+            setup::enable_forwarding(
+                gws.iter().any(|g| g.is_ipv4()),
+                gws.iter().any(|g| g.is_ipv6()),
+            )?;
+        }
+        if conf.ip_masq {
+            undo.masq = true;
+            let addrs: Vec<IpNetwork> = result.ips.iter().map(|ip| ip.address).collect();
+            masq::setup(&conf.name, &req.env.container_id, &addrs)
+                .map_err(|e| CniError::internal(e.to_string()))?;
+        }
+    }
+    // The bridge MAC may have changed with the first port or the address.
+    let br_now = nl
+        .link_by_index(br.index)
+        .map_err(|e| nl_err("looking up the bridge", e))?
+        .ok_or_else(|| CniError::internal("bridge vanished"))?;
+    result.interfaces = vec![
+        Interface {
+            name: br_now.name.clone(),
+            mac: br_now.mac_string(),
+            ..Interface::default()
+        },
+        Interface {
+            name: host_link.name.clone(),
+            mac: format_mac(&host_link.mac),
+            ..Interface::default()
+        },
+        Interface {
+            name: cont.name,
+            mac: cont.mac,
+            sandbox: req.env.netns.clone(),
+            ..Interface::default()
+        },
+    ];
+    Ok(result)
+}
+
+fn del(req: &Request) -> Result<(), CniError> {
+    let conf = NetConf::load(&req.stdin)?;
+    let id = &req.env.container_id;
+    let ipam_del = || {
+        if conf.is_layer3() {
+            ipam::exec_del(&conf.ipam.plugin, req)
+        } else {
+            Ok(())
+        }
+    };
+    let masq_del = |addrs: Option<&[IpNetwork]>| {
+        if conf.is_layer3() && conf.ip_masq {
+            masq::teardown(&conf.name, id, addrs).map_err(|e| CniError::internal(e.to_string()))
+        } else {
+            Ok(())
+        }
+    };
+    // Without a netns (or with one already gone) the interface went with
+    // it; the address and the masquerade rules are still ours to release.
+    if req.env.netns.is_empty() {
+        ipam_del()?;
+        return masq_del(None);
+    }
+    match setup::delete_container_if(Path::new(&req.env.netns), &req.env.ifname) {
+        Err(e) if e.is_gone() => {
+            ipam_del()?;
+            masq_del(None)
+        }
+        Err(e) => Err(ns_err(e)),
+        Ok(Err(e)) => Err(nl_err(format!("failed to delete {:?}", req.env.ifname), e)),
+        Ok(Ok(addrs)) => {
+            ipam_del()?;
+            // A vanished interface leaves its addresses unknown: release
+            // the chain only if no other interface still jumps to it.
+            masq_del(Some(addrs.as_deref().unwrap_or(&[])))
+        }
+    }
+}
+
+fn check(req: &Request) -> Result<(), CniError> {
+    let conf = load(req)?;
+    let prev = req
+        .header
+        .prev_result
+        .clone()
+        .ok_or_else(|| CniError::internal("Required prevResult missing"))?;
+    let prev = CniResult::from_value(prev, req.version)?;
+    if conf.is_layer3() {
+        ipam::exec_check(&conf.ipam.plugin, req)?;
+    }
+    let nl = Netlink::open().map_err(|e| nl_err("netlink", e))?;
+    let br = nl
+        .link_by_name(&conf.bridge)
+        .map_err(|e| nl_err("looking up the bridge", e))?
+        .ok_or_else(|| CniError::internal(format!("failed to lookup bridge {:?}", conf.bridge)))?;
+    let ifname = &req.env.ifname;
+    let cont_idx = prev
+        .interfaces
+        .iter()
+        .position(|i| &i.name == ifname && !i.sandbox.is_empty())
+        .ok_or_else(|| {
+            CniError::internal(format!("Sandbox interface {ifname} not in prevResult"))
+        })?;
+    let cont = &prev.interfaces[cont_idx];
+    // The host end: a port of our bridge named in prevResult.
+    for i in prev
+        .interfaces
+        .iter()
+        .filter(|i| i.sandbox.is_empty() && i.name != conf.bridge)
+    {
+        let link = nl
+            .link_by_name(&i.name)
+            .map_err(|e| nl_err("looking up the host veth", e))?
+            .ok_or_else(|| CniError::internal(format!("host veth {} not found", i.name)))?;
+        if link.controller != Some(br.index) {
+            return Err(CniError::internal(format!(
+                "interface {} not attached to bridge {}",
+                i.name, conf.bridge
+            )));
+        }
+    }
+    let want_ips: Vec<IpNetwork> = prev
+        .ips
+        .iter()
+        .filter(|ip| ip.interface.is_none_or(|n| n == cont_idx))
+        .map(|ip| ip.address)
+        .collect();
+    let (mac, addrs) = netns::run_in(Path::new(&req.env.netns), || {
+        let nl = Netlink::open()?;
+        let link = nl.link_by_name(ifname)?;
+        match link {
+            Some(l) => Ok((Some(l.mac_string()), nl.addrs(l.index)?)),
+            None => Ok((None, Vec::new())),
+        }
+    })
+    .map_err(ns_err)?
+    .map_err(|e: crate::nl::NlError| nl_err("netlink", e))?;
+    let mac =
+        mac.ok_or_else(|| CniError::internal(format!("Container interface {ifname} not found")))?;
+    if !cont.mac.is_empty() && !mac.eq_ignore_ascii_case(&cont.mac) {
+        return Err(CniError::internal(format!(
+            "Interface {ifname} Mac doesn't match: {} not found",
+            cont.mac
+        )));
+    }
+    for ip in &want_ips {
+        if !addrs.iter().any(|(a, _)| a == ip) {
+            return Err(CniError::internal(format!(
+                "Failed to match addr {ip} on interface {ifname}"
+            )));
+        }
+    }
+    if conf.is_layer3() && conf.ip_masq {
+        let ok = masq::verify(&conf.name, &req.env.container_id, &want_ips)
+            .map_err(|e| CniError::internal(e.to_string()))?;
+        if !ok {
+            return Err(CniError::internal(format!(
+                "masquerade rules for {} are missing",
+                req.env.container_id
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn gc(req: &Request) -> Result<(), CniError> {
+    let conf = NetConf::load(&req.stdin)?;
+    if conf.ip_masq {
+        let valid: Vec<String> = req
+            .header
+            .valid_attachments
+            .iter()
+            .flatten()
+            .map(|a| a.container_id.clone())
+            .collect();
+        masq::collect_garbage(&conf.name, &valid).map_err(|e| CniError::internal(e.to_string()))?;
+    }
+    if conf.is_layer3() {
+        ipam::exec_gc(&conf.ipam.plugin, req)?;
+    }
+    Ok(())
+}
+
+fn status(req: &Request) -> Result<(), CniError> {
+    let conf = NetConf::load(&req.stdin)?;
+    if conf.is_layer3() {
+        ipam::exec_status(&conf.ipam.plugin, req)?;
+    }
+    Ok(())
+}
+
+impl Plugin for Bridge {
+    fn about(&self) -> String {
+        format!("CNI bridge plugin v{}", env!("CARGO_PKG_VERSION"))
+    }
+
+    fn add(&self, req: &Request) -> Result<CniResult, CniError> {
+        add(req)
+    }
+
+    fn del(&self, req: &Request) -> Result<(), CniError> {
+        del(req)
+    }
+
+    fn check(&self, req: &Request) -> Result<(), CniError> {
+        check(req)
+    }
+
+    fn gc(&self, req: &Request) -> Result<(), CniError> {
+        gc(req)
+    }
+
+    fn status(&self, req: &Request) -> Result<(), CniError> {
+        status(req)
+    }
+}

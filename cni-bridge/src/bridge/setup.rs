@@ -1,0 +1,354 @@
+//! The kernel side of the bridge plugin: the bridge, the veth pair, the
+//! container interface's addresses and routes.
+
+use std::io::Read;
+use std::net::IpAddr;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::time::Duration;
+
+use cni_protocol::{CniError, CniResult, ErrorCode};
+use ipnetwork::IpNetwork;
+use netlink_packet_route::address::AddressScope;
+
+use crate::netns::{self, NetnsError};
+use crate::nl::{Link, Netlink, NlError, parse_mac};
+use crate::sysctl;
+
+use super::config::NetConf;
+
+pub fn nl_err(what: impl std::fmt::Display, e: NlError) -> CniError {
+    CniError::internal(format!("{what}: {e}"))
+}
+
+pub fn ns_err(e: NetnsError) -> CniError {
+    CniError::internal(e.to_string())
+}
+
+/// Ensures the bridge exists, is a bridge, and is up. Returns it and
+/// whether this call created it.
+pub fn ensure_bridge(nl: &Netlink, conf: &NetConf) -> Result<(Link, bool), CniError> {
+    let name = &conf.bridge;
+    let mut created = false;
+    let existing = nl
+        .link_by_name(name)
+        .map_err(|e| nl_err(format!("looking up {name:?}"), e))?;
+    if existing.is_none() {
+        match nl.add_bridge(name, (conf.mtu > 0).then_some(conf.mtu)) {
+            Ok(()) => created = true,
+            Err(e) if e.is_exists() => {}
+            Err(e) => return Err(nl_err(format!("could not add {name:?}"), e)),
+        }
+    }
+    let br = nl
+        .link_by_name(name)
+        .map_err(|e| nl_err(format!("looking up {name:?}"), e))?
+        .ok_or_else(|| CniError::internal(format!("could not lookup {name:?}")))?;
+    if br.kind.as_deref() != Some("bridge") {
+        return Err(CniError::internal(format!(
+            "{name:?} already exists but is not a bridge"
+        )));
+    }
+    if conf.promisc_mode && !br.promisc {
+        nl.set_promisc(br.index, true)
+            .map_err(|e| nl_err(format!("could not set promiscuous mode on {name:?}"), e))?;
+    }
+    // Pin the MAC: left alone, a bridge takes the lowest MAC of its ports
+    // and changes it as pods come and go, breaking neighbours' ARP caches.
+    nl.set_mac(br.index, br.mac.clone())
+        .map_err(|e| nl_err("could not set bridge's mac", e))?;
+    // We own the routes on this bridge; router advertisements must not add any.
+    let _ = sysctl::set(&format!("net/ipv6/conf/{name}/accept_ra"), "0");
+    if !br.up {
+        nl.set_up(br.index)
+            .map_err(|e| nl_err(format!("could not set {name:?} up"), e))?;
+    }
+    Ok((br, created))
+}
+
+/// `len` random bytes as hex, for interface names.
+fn random_hex(len: usize) -> Result<String, CniError> {
+    let mut buf = vec![0u8; len];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut buf))
+        .map_err(|e| CniError::internal(format!("reading /dev/urandom: {e}")))?;
+    Ok(buf.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The container end once configured.
+pub struct ContainerIf {
+    pub name: String,
+    pub mac: String,
+}
+
+/// Creates the veth pair: both ends start on the host (so a container
+/// ifname that also exists on the host cannot clash), the container end is
+/// moved into the netns and renamed there. Returns the host end's name.
+pub fn create_veth(
+    nl: &Netlink,
+    netns_path: &Path,
+    ifname: &str,
+    mtu: Option<u32>,
+    mac: Option<&str>,
+) -> Result<(String, ContainerIf), CniError> {
+    let mac = match mac {
+        Some(m) => Some(parse_mac(m).ok_or_else(|| {
+            CniError::new(
+                ErrorCode::InvalidNetworkConfig,
+                format!("invalid MAC address {m:?}"),
+            )
+        })?),
+        None => None,
+    };
+    let ns = netns::open(netns_path).map_err(ns_err)?;
+    // A container ifname taken already is the caller's error; check first so
+    // nothing is created.
+    let taken = netns::run_in(netns_path, || {
+        Netlink::open()
+            .and_then(|nl| nl.link_by_name(ifname))
+            .map(|l| l.is_some())
+    })
+    .map_err(ns_err)?
+    .map_err(|e| nl_err("looking up the container interface", e))?;
+    if taken {
+        return Err(CniError::internal(format!(
+            "container veth name provided ({ifname}) already exists"
+        )));
+    }
+    let (host, temp) = loop {
+        let host = format!("veth{}", random_hex(4)?);
+        let temp = format!("cnitmp{}", random_hex(4)?);
+        match nl.add_veth(&host, &temp, mtu) {
+            Ok(()) => break (host, temp),
+            Err(e) if e.is_exists() => continue,
+            Err(e) => return Err(nl_err("failed to make veth pair", e)),
+        }
+    };
+    let undo = |e: CniError| {
+        if let Ok(Some(l)) = nl.link_by_name(&host) {
+            let _ = nl.del_link(l.index);
+        }
+        e
+    };
+    let temp_link = nl
+        .link_by_name(&temp)
+        .map_err(|e| nl_err("looking up the new veth", e))
+        .and_then(|l| l.ok_or_else(|| CniError::internal("new veth vanished")))
+        .map_err(undo)?;
+    nl.move_to_netns(temp_link.index, ns.as_raw_fd())
+        .map_err(|e| undo(nl_err("failed to move veth to container netns", e)))?;
+    let cont = netns::run_in(netns_path, || -> Result<ContainerIf, NlError> {
+        let nl = Netlink::open()?;
+        let link = nl
+            .link_by_name(&temp)?
+            .ok_or(NlError::Socket(std::io::Error::from(
+                std::io::ErrorKind::NotFound,
+            )))?;
+        nl.rename(link.index, ifname)?;
+        // The veth request sets the MTU of the first end only.
+        if let Some(m) = mtu {
+            nl.set_mtu(link.index, m)?;
+        }
+        if let Some(m) = &mac {
+            nl.set_mac(link.index, m.clone())?;
+        }
+        nl.set_up(link.index)?;
+        let link = nl
+            .link_by_index(link.index)?
+            .ok_or(NlError::Socket(std::io::Error::from(
+                std::io::ErrorKind::NotFound,
+            )))?;
+        Ok(ContainerIf {
+            name: link.name.clone(),
+            mac: link.mac_string(),
+        })
+    })
+    .map_err(|e| undo(ns_err(e)))?
+    .map_err(|e| undo(nl_err("failed to set up the container interface", e)))?;
+    Ok((host, cont))
+}
+
+/// Attaches the host end to the bridge with the port options, and brings
+/// it up.
+pub fn attach_host_end(
+    nl: &Netlink,
+    host: &str,
+    br: &Link,
+    conf: &NetConf,
+) -> Result<Link, CniError> {
+    let link = nl
+        .link_by_name(host)
+        .map_err(|e| nl_err(format!("failed to lookup {host:?}"), e))?
+        .ok_or_else(|| CniError::internal(format!("failed to lookup {host:?}")))?;
+    nl.set_controller(link.index, br.index).map_err(|e| {
+        nl_err(
+            format!("failed to connect {host:?} to bridge {}", br.name),
+            e,
+        )
+    })?;
+    nl.set_hairpin(link.index, conf.hairpin_mode)
+        .map_err(|e| nl_err(format!("failed to setup hairpin mode for {host}"), e))?;
+    if conf.port_isolation {
+        nl.set_isolated(link.index, true)
+            .map_err(|e| nl_err(format!("failed to set port isolation on {host}"), e))?;
+    }
+    nl.set_up(link.index)
+        .map_err(|e| nl_err(format!("failed to set {host:?} up"), e))?;
+    nl.link_by_index(link.index)
+        .map_err(|e| nl_err(format!("failed to lookup {host:?}"), e))?
+        .ok_or_else(|| CniError::internal(format!("failed to lookup {host:?}")))
+}
+
+/// Inside the container netns: sysctls, addresses, routes (the reference's
+/// ConfigureIface: a route without a gateway uses its family's first one).
+pub fn configure_container(
+    netns_path: &Path,
+    ifname: &str,
+    result: &CniResult,
+    enable_dad: bool,
+) -> Result<(), CniError> {
+    netns::run_in(netns_path, || -> Result<(), CniError> {
+        if enable_dad {
+            let _ = sysctl::set(&format!("net/ipv6/conf/{ifname}/enhanced_dad"), "1");
+            let _ = sysctl::set(&format!("net/ipv6/conf/{ifname}/accept_dad"), "1");
+        } else {
+            let _ = sysctl::set(&format!("net/ipv6/conf/{ifname}/accept_dad"), "0");
+        }
+        let _ = sysctl::set(&format!("net/ipv4/conf/{ifname}/arp_notify"), "1");
+        if result.ips.iter().any(|ip| ip.address.is_ipv6()) {
+            for dev in ["lo", ifname] {
+                let key = format!("net/ipv6/conf/{dev}/disable_ipv6");
+                if sysctl::get(&key).map(|v| v != "0").unwrap_or(false) {
+                    let _ = sysctl::set(&key, "0");
+                }
+            }
+        }
+        let nl = Netlink::open().map_err(|e| nl_err("netlink", e))?;
+        let link = nl
+            .link_by_name(ifname)
+            .map_err(|e| nl_err(format!("failed to lookup {ifname:?}"), e))?
+            .ok_or_else(|| CniError::internal(format!("failed to lookup {ifname:?}")))?;
+        let (mut v4gw, mut v6gw) = (None, None);
+        for ip in &result.ips {
+            nl.addr_add(link.index, ip.address).map_err(|e| {
+                nl_err(
+                    format!("failed to add IP addr {} to {ifname:?}", ip.address),
+                    e,
+                )
+            })?;
+            match ip.gateway {
+                Some(g @ IpAddr::V4(_)) if v4gw.is_none() => v4gw = Some(g),
+                Some(g @ IpAddr::V6(_)) if v6gw.is_none() => v6gw = Some(g),
+                _ => {}
+            }
+        }
+        nl.set_up(link.index)
+            .map_err(|e| nl_err(format!("failed to set {ifname:?} UP"), e))?;
+        for r in &result.routes {
+            let gw = r.gw.or(if r.dst.is_ipv4() { v4gw } else { v6gw });
+            nl.route_add(r.dst, gw, link.index).map_err(|e| {
+                nl_err(
+                    format!("failed to add route '{} via {gw:?} dev {ifname}'", r.dst),
+                    e,
+                )
+            })?;
+        }
+        Ok(())
+    })
+    .map_err(ns_err)?
+}
+
+/// Waits until the host end of the veth is operationally up, as the
+/// reference does before it sends traffic through the bridge.
+pub fn wait_oper_up(nl: &Netlink, index: u32) -> Result<(), CniError> {
+    for ms in [0u64, 50, 500, 1000, 1000] {
+        std::thread::sleep(Duration::from_millis(ms));
+        if let Ok(Some(l)) = nl.link_by_index(index)
+            && l.oper_up
+        {
+            return Ok(());
+        }
+    }
+    Err(CniError::internal("bridge port in error state"))
+}
+
+/// Puts a gateway address on the bridge (the reference's ensureAddr).
+pub fn ensure_bridge_addr(
+    nl: &Netlink,
+    br: &Link,
+    gw: IpNetwork,
+    force: bool,
+) -> Result<(), CniError> {
+    let addrs = nl.addrs(br.index).map_err(|e| {
+        nl_err(
+            format!("could not get list of IP addresses for {}", br.name),
+            e,
+        )
+    })?;
+    for (a, scope) in addrs {
+        if a.is_ipv4() != gw.is_ipv4() || scope == AddressScope::Link {
+            continue;
+        }
+        if a == gw {
+            return Ok(());
+        }
+        let overlaps = a.contains(gw.ip()) || gw.contains(a.ip());
+        if gw.is_ipv4() || overlaps {
+            if force {
+                nl.addr_del(br.index, a).map_err(|e| {
+                    nl_err(format!("could not remove IP address from {:?}", br.name), e)
+                })?;
+            } else {
+                return Err(CniError::internal(format!(
+                    "{:?} already has an IP address different from {gw}",
+                    br.name
+                )));
+            }
+        }
+    }
+    match nl.addr_add(br.index, gw) {
+        Ok(()) => Ok(()),
+        Err(e) if e.is_exists() => Ok(()),
+        Err(e) => {
+            let what = format!("could not add IP address to {:?}", br.name);
+            Err(nl_err(what, e))
+        }
+    }
+}
+
+pub fn enable_forwarding(v4: bool, v6: bool) -> Result<(), CniError> {
+    if v4 {
+        sysctl::set("net/ipv4/ip_forward", "1")
+            .map_err(|e| CniError::internal(format!("failed to enable forwarding: {e}")))?;
+    }
+    if v6 {
+        sysctl::set("net/ipv6/conf/all/forwarding", "1")
+            .map_err(|e| CniError::internal(format!("failed to enable forwarding: {e}")))?;
+    }
+    Ok(())
+}
+
+/// In the container netns: removes `ifname` and returns its global
+/// addresses (for the masquerade teardown). `None` when it was not there.
+pub fn delete_container_if(
+    netns_path: &Path,
+    ifname: &str,
+) -> Result<Result<Option<Vec<IpNetwork>>, NlError>, NetnsError> {
+    netns::run_in(netns_path, || -> Result<Option<Vec<IpNetwork>>, NlError> {
+        let nl = Netlink::open()?;
+        let Some(link) = nl.link_by_name(ifname)? else {
+            return Ok(None);
+        };
+        let addrs = nl
+            .addrs(link.index)?
+            .into_iter()
+            .filter(|(_, scope)| *scope == AddressScope::Universe)
+            .map(|(a, _)| a)
+            .collect();
+        match nl.del_link(link.index) {
+            Ok(()) => Ok(Some(addrs)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    })
+}

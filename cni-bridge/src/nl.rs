@@ -1,0 +1,386 @@
+//! A small synchronous face on rtnetlink for the calls the plugins make.
+//!
+//! A netlink socket acts in the network namespace it was created in, so a
+//! [`Netlink`] is opened on the thread (and in the netns) where it is used,
+//! with its own current-thread runtime; it is never sent to another thread.
+
+use std::net::IpAddr;
+use std::os::fd::RawFd;
+
+use futures_util::{StreamExt, TryStreamExt};
+use ipnetwork::IpNetwork;
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_APPEND, NLM_F_CREATE, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload,
+};
+use netlink_packet_route::AddressFamily;
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
+use netlink_packet_route::link::{
+    InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State,
+};
+use netlink_packet_route::route::RouteProtocol;
+use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NlError {
+    #[error("netlink socket: {0}")]
+    Socket(#[from] std::io::Error),
+    #[error("{0}")]
+    Netlink(#[from] rtnetlink::Error),
+}
+
+impl NlError {
+    /// The errno of a kernel NACK (positive), if that is what this is.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            NlError::Netlink(rtnetlink::Error::NetlinkError(m)) => m.code.map(|c| -c.get()),
+            NlError::Socket(e) => e.raw_os_error(),
+            _ => None,
+        }
+    }
+
+    pub fn is_exists(&self) -> bool {
+        self.errno() == Some(libc_errno::EEXIST)
+    }
+
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self.errno(),
+            Some(libc_errno::ENODEV)
+                | Some(libc_errno::ESRCH)
+                | Some(libc_errno::EADDRNOTAVAIL)
+                | Some(libc_errno::ENOENT)
+        )
+    }
+}
+
+mod libc_errno {
+    pub const EEXIST: i32 = nix::errno::Errno::EEXIST as i32;
+    pub const ENODEV: i32 = nix::errno::Errno::ENODEV as i32;
+    pub const ESRCH: i32 = nix::errno::Errno::ESRCH as i32;
+    pub const ENOENT: i32 = nix::errno::Errno::ENOENT as i32;
+    pub const EADDRNOTAVAIL: i32 = nix::errno::Errno::EADDRNOTAVAIL as i32;
+}
+
+/// What the plugins need to know about a link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    pub index: u32,
+    pub name: String,
+    pub mac: Vec<u8>,
+    pub mtu: u32,
+    pub up: bool,
+    pub oper_up: bool,
+    pub promisc: bool,
+    pub controller: Option<u32>,
+    pub kind: Option<String>,
+}
+
+impl Link {
+    fn from_message(m: &LinkMessage) -> Self {
+        let mut link = Link {
+            index: m.header.index,
+            name: String::new(),
+            mac: Vec::new(),
+            mtu: 0,
+            up: m.header.flags.contains(LinkFlags::Up),
+            oper_up: false,
+            promisc: m.header.flags.contains(LinkFlags::Promisc),
+            controller: None,
+            kind: None,
+        };
+        for attr in &m.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => link.name = n.clone(),
+                LinkAttribute::Address(a) => link.mac = a.clone(),
+                LinkAttribute::Mtu(v) => link.mtu = *v,
+                LinkAttribute::OperState(s) => link.oper_up = *s == State::Up,
+                LinkAttribute::Controller(c) => link.controller = Some(*c),
+                LinkAttribute::LinkInfo(infos) => {
+                    for i in infos {
+                        if let LinkInfo::Kind(k) = i {
+                            link.kind = Some(kind_name(k));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        link
+    }
+
+    /// The MAC as the reference prints it: lower-case, colon-separated.
+    pub fn mac_string(&self) -> String {
+        format_mac(&self.mac)
+    }
+}
+
+fn kind_name(k: &InfoKind) -> String {
+    match k {
+        InfoKind::Bridge => "bridge".into(),
+        InfoKind::Veth => "veth".into(),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+pub fn format_mac(mac: &[u8]) -> String {
+    mac.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
+/// Parses `aa:bb:cc:dd:ee:ff`.
+pub fn parse_mac(s: &str) -> Option<Vec<u8>> {
+    let bytes: Vec<u8> = s
+        .split(':')
+        .map(|p| u8::from_str_radix(p, 16).ok().filter(|_| p.len() == 2))
+        .collect::<Option<_>>()?;
+    (bytes.len() == 6).then_some(bytes)
+}
+
+pub struct Netlink {
+    rt: tokio::runtime::Runtime,
+    handle: Handle,
+}
+
+impl Netlink {
+    /// Opens a netlink connection in the calling thread's network namespace.
+    pub fn open() -> Result<Self, NlError> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .build()?;
+        let handle = rt.block_on(async {
+            let (conn, handle, _) = rtnetlink::new_connection()?;
+            tokio::spawn(conn);
+            Ok::<_, std::io::Error>(handle)
+        })?;
+        Ok(Netlink { rt, handle })
+    }
+
+    fn run<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, rtnetlink::Error>>,
+    ) -> Result<T, NlError> {
+        self.rt.block_on(f).map_err(NlError::from)
+    }
+
+    pub fn link_by_name(&self, name: &str) -> Result<Option<Link>, NlError> {
+        let h = self.handle.clone();
+        let res = self.run(async move {
+            let mut s = h.link().get().match_name(name.to_string()).execute();
+            s.try_next().await
+        });
+        match res {
+            Ok(m) => Ok(m.as_ref().map(Link::from_message)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn link_by_index(&self, index: u32) -> Result<Option<Link>, NlError> {
+        let h = self.handle.clone();
+        let res = self.run(async move {
+            let mut s = h.link().get().match_index(index).execute();
+            s.try_next().await
+        });
+        match res {
+            Ok(m) => Ok(m.as_ref().map(Link::from_message)),
+            Err(e) if e.is_not_found() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn add_bridge(&self, name: &str, mtu: Option<u32>) -> Result<(), NlError> {
+        let mut b = LinkBridge::new(name);
+        if let Some(m) = mtu {
+            b = b.mtu(m);
+        }
+        let msg = b.build();
+        let h = self.handle.clone();
+        self.run(async move { h.link().add(msg).execute().await })
+    }
+
+    /// A veth pair, both ends in this namespace.
+    pub fn add_veth(&self, name: &str, peer: &str, mtu: Option<u32>) -> Result<(), NlError> {
+        let mut v = LinkVeth::new(name, peer);
+        if let Some(m) = mtu {
+            v = v.mtu(m);
+        }
+        let msg = v.build();
+        let h = self.handle.clone();
+        self.run(async move { h.link().add(msg).execute().await })
+    }
+
+    fn set(&self, msg: LinkMessage) -> Result<(), NlError> {
+        let h = self.handle.clone();
+        self.run(async move { h.link().set(msg).execute().await })
+    }
+
+    pub fn set_up(&self, index: u32) -> Result<(), NlError> {
+        self.set(LinkUnspec::new_with_index(index).up().build())
+    }
+
+    pub fn set_down(&self, index: u32) -> Result<(), NlError> {
+        self.set(LinkUnspec::new_with_index(index).down().build())
+    }
+
+    pub fn set_controller(&self, index: u32, controller: u32) -> Result<(), NlError> {
+        self.set(
+            LinkUnspec::new_with_index(index)
+                .controller(controller)
+                .build(),
+        )
+    }
+
+    pub fn set_mac(&self, index: u32, mac: Vec<u8>) -> Result<(), NlError> {
+        self.set(LinkUnspec::new_with_index(index).address(mac).build())
+    }
+
+    pub fn set_mtu(&self, index: u32, mtu: u32) -> Result<(), NlError> {
+        self.set(LinkUnspec::new_with_index(index).mtu(mtu).build())
+    }
+
+    pub fn set_promisc(&self, index: u32, on: bool) -> Result<(), NlError> {
+        self.set(LinkUnspec::new_with_index(index).promiscuous(on).build())
+    }
+
+    pub fn rename(&self, index: u32, name: &str) -> Result<(), NlError> {
+        self.set(LinkUnspec::new_with_index(index).name(name).build())
+    }
+
+    pub fn move_to_netns(&self, index: u32, netns_fd: RawFd) -> Result<(), NlError> {
+        self.set(
+            LinkUnspec::new_with_index(index)
+                .setns_by_fd(netns_fd)
+                .build(),
+        )
+    }
+
+    pub fn set_hairpin(&self, index: u32, on: bool) -> Result<(), NlError> {
+        let msg = LinkBridgePort::new(index).hairpin(on).build();
+        let h = self.handle.clone();
+        self.run(async move { h.link().set_port(msg).execute().await })
+    }
+
+    pub fn set_isolated(&self, index: u32, on: bool) -> Result<(), NlError> {
+        let msg = LinkBridgePort::new(index).isolated(on).build();
+        let h = self.handle.clone();
+        self.run(async move { h.link().set_port(msg).execute().await })
+    }
+
+    pub fn del_link(&self, index: u32) -> Result<(), NlError> {
+        let h = self.handle.clone();
+        self.run(async move { h.link().del(index).execute().await })
+    }
+
+    /// Addresses on a link (all families), with their scope.
+    pub fn addrs(&self, index: u32) -> Result<Vec<(IpNetwork, AddressScope)>, NlError> {
+        let h = self.handle.clone();
+        let msgs: Vec<AddressMessage> = self.run(async move {
+            h.address()
+                .get()
+                .set_link_index_filter(index)
+                .execute()
+                .try_collect()
+                .await
+        })?;
+        let mut out = Vec::new();
+        for m in msgs {
+            // The kernel may ignore the filter on old versions.
+            if m.header.index != index {
+                continue;
+            }
+            for a in &m.attributes {
+                if let AddressAttribute::Address(ip) = a
+                    && let Ok(net) = IpNetwork::new(*ip, m.header.prefix_len)
+                {
+                    out.push((net, m.header.scope));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn addr_add(&self, index: u32, net: IpNetwork) -> Result<(), NlError> {
+        let h = self.handle.clone();
+        self.run(async move {
+            h.address()
+                .add(index, net.ip(), net.prefix())
+                .execute()
+                .await
+        })
+    }
+
+    pub fn addr_del(&self, index: u32, net: IpNetwork) -> Result<(), NlError> {
+        let h = self.handle.clone();
+        let ip = net.ip();
+        let prefix = net.prefix();
+        self.run(async move {
+            let msgs: Vec<AddressMessage> = h
+                .address()
+                .get()
+                .set_link_index_filter(index)
+                .set_address_filter(ip)
+                .set_prefix_length_filter(prefix)
+                .execute()
+                .try_collect()
+                .await?;
+            for m in msgs {
+                h.address().del(m).execute().await?;
+            }
+            Ok(())
+        })
+    }
+
+    /// `ip route add dst [via gw] dev index`.
+    pub fn route_add(&self, dst: IpNetwork, gw: Option<IpAddr>, index: u32) -> Result<(), NlError> {
+        let msg = match (dst, gw) {
+            (IpNetwork::V4(d), gw) => {
+                let mut b = RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+                    .destination_prefix(d.ip(), d.prefix())
+                    .output_interface(index)
+                    .protocol(RouteProtocol::Boot);
+                if let Some(IpAddr::V4(g)) = gw {
+                    b = b.gateway(g);
+                }
+                b.build()
+            }
+            (IpNetwork::V6(d), gw) => {
+                let mut b = RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+                    .destination_prefix(d.ip(), d.prefix())
+                    .output_interface(index)
+                    .protocol(RouteProtocol::Boot);
+                if let Some(IpAddr::V6(g)) = gw {
+                    b = b.gateway(g);
+                }
+                b.build()
+            }
+        };
+        let mut h = self.handle.clone();
+        // NLM_F_APPEND like the reference's RouteAddEcmp: a second
+        // interface may add the same destination through another device.
+        self.run(async move {
+            let mut req = NetlinkMessage::from(RouteNetlinkMessage::NewRoute(msg));
+            req.header.flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND;
+            let mut resp = h.request(req)?;
+            while let Some(m) = resp.next().await {
+                if let NetlinkPayload::Error(e) = m.payload
+                    && e.code.is_some()
+                {
+                    return Err(rtnetlink::Error::NetlinkError(e));
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// The family of a network as netlink numbers it.
+    pub fn family(net: &IpNetwork) -> AddressFamily {
+        if net.is_ipv4() {
+            AddressFamily::Inet
+        } else {
+            AddressFamily::Inet6
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! Where ours goes beyond the reference, and what a node needs of it:
+//! cleanup without the netns, rollback of a failed ADD, a chain shared by
+//! two interfaces, pods reaching each other, parallel calls, interop.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use cni_bridge::masq::chain_name;
+use cni_bridge::netns::run_in;
+use common::{Node, PluginDir, tutorial};
+use serde_json::{Value, json};
+use testbed::{Netns, Outcome};
+
+fn nat(node: &Node) -> String {
+    node.host.sh("iptables-save -t nat | grep -v '^#'")
+}
+
+fn host_links(node: &Node) -> String {
+    node.host.sh("ip -o link show")
+}
+
+fn ok(out: Outcome) -> Outcome {
+    assert!(out.success(), "{out:?}");
+    out
+}
+
+fn ip_of(out: &Outcome) -> String {
+    let v = out.json();
+    let a = v["ips"][0]["address"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    a.split('/').next().unwrap_or_default().to_string()
+}
+
+#[test]
+fn del_without_netns_still_removes_masquerade_and_lease() {
+    let node = Node::new("dn", PluginDir::ours());
+    let conf = tutorial("0.4.0");
+    let chain = chain_name("bridge", "web-002");
+    for gone in [true, false] {
+        let c = Netns::new("c");
+        ok(node.call("bridge", "ADD", "web-002", Some(&c), &conf));
+        assert!(nat(&node).contains(&chain));
+        let del = if gone {
+            let path = c.path();
+            drop(c);
+            assert!(!path.exists());
+            // The runtime still names the netns it used.
+            testbed::Call::new(node.plugins.path().join("bridge"), "DEL", "web-002")
+                .in_netns(&node.host)
+                .env("PATH", common::PATH)
+                .env("CNI_PATH", &node.plugins.path().display().to_string())
+                .netns(&path.display().to_string())
+                .stdin(node.conf(&conf))
+                .run()
+        } else {
+            node.call("bridge", "DEL", "web-002", None, &conf)
+        };
+        ok(del);
+        let rules = nat(&node);
+        assert!(!rules.contains(&chain), "netns gone={gone}: {rules}");
+        let leases: Vec<_> = node
+            .leases("bridge")
+            .into_iter()
+            .filter(|(k, _)| !k.starts_with("last_"))
+            .collect();
+        assert!(leases.is_empty(), "{leases:?}");
+    }
+}
+
+#[test]
+fn failed_add_leaves_nothing_behind() {
+    let node = Node::new("fa", PluginDir::ours());
+    // Fails after IPAM: IPAM sets a default route through another gateway.
+    let mut conf = tutorial("0.4.0");
+    conf["isDefaultGateway"] = json!(true);
+    conf["ipam"]["routes"] = json!([{"dst": "0.0.0.0/0", "gw": "10.244.1.254"}]);
+    let c = Netns::new("c");
+    let out = node.call("bridge", "ADD", "web-002", Some(&c), &conf);
+    assert!(!out.success(), "{out:?}");
+    assert!(!host_links(&node).contains("veth"), "{}", host_links(&node));
+    assert!(
+        node.host.try_sh("ip link show cni0").is_err(),
+        "the bridge this call made is gone"
+    );
+    assert!(!c.sh("ip -o link show").contains("eth0"));
+    let leases: Vec<_> = node
+        .leases("bridge")
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("last_"))
+        .collect();
+    assert!(leases.is_empty(), "{leases:?}");
+    assert!(!nat(&node).contains("CNI-"));
+
+    // Fails in IPAM (no such plugin) on a bridge that already exists: the
+    // bridge stays, the veth goes.
+    let other = Netns::new("o");
+    ok(node.call("bridge", "ADD", "other", Some(&other), &tutorial("0.4.0")));
+    let mut conf = tutorial("0.4.0");
+    conf["ipam"] = json!({"type": "no-such-ipam"});
+    let c2 = Netns::new("c");
+    let out = node.call("bridge", "ADD", "web-003", Some(&c2), &conf);
+    assert!(!out.success(), "{out:?}");
+    assert_eq!(host_links(&node).matches("veth").count(), 1);
+    assert!(node.host.try_sh("ip link show cni0").is_ok());
+}
+
+#[test]
+fn two_interfaces_share_a_chain_and_del_of_one_keeps_the_other() {
+    let node = Node::new("tw", PluginDir::ours());
+    let c = Netns::new("c");
+    let conf = tutorial("0.4.0");
+    let call = |cmd: &str, ifname: &str| {
+        testbed::Call::new(node.plugins.path().join("bridge"), cmd, "web-002")
+            .in_netns(&node.host)
+            .env("PATH", common::PATH)
+            .env("CNI_PATH", &node.plugins.path().display().to_string())
+            .netns(&c.path().display().to_string())
+            .ifname(ifname)
+            .stdin(node.conf(&conf))
+            .run()
+    };
+    let eth0 = ip_of(&ok(call("ADD", "eth0")));
+    let net1 = ip_of(&ok(call("ADD", "net1")));
+    let chain = chain_name("bridge", "web-002");
+    let rules = nat(&node);
+    assert_eq!(rules.matches(&format!("-j {chain}")).count(), 2, "{rules}");
+    ok(call("DEL", "eth0"));
+    let rules = nat(&node);
+    assert!(!rules.contains(&format!("-s {eth0}/32")), "{rules}");
+    assert!(
+        rules.contains(&format!("-A POSTROUTING -s {net1}/32")),
+        "{rules}"
+    );
+    assert!(
+        rules.contains(&format!("-A {chain} ! -d 224.0.0.0/4")),
+        "{rules}"
+    );
+    ok(call("DEL", "net1"));
+    assert!(!nat(&node).contains(&chain));
+}
+
+/// A one-shot TCP echo server inside `ns`, on `addr`.
+fn echo_server(ns: &Netns, addr: SocketAddr) -> std::thread::JoinHandle<()> {
+    let listener = run_in(&ns.path(), || TcpListener::bind(addr))
+        .expect("enter netns")
+        .expect("bind");
+    std::thread::spawn(move || {
+        if let Ok((mut s, _)) = listener.accept() {
+            let mut buf = [0u8; 64];
+            if let Ok(n) = s.read(&mut buf) {
+                let _ = s.write_all(&buf[..n]);
+            }
+        }
+    })
+}
+
+fn echo_from(ns: &Netns, to: SocketAddr) -> String {
+    run_in(&ns.path(), || {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"heartful")?;
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf)?;
+        Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf[..n]).into_owned())
+    })
+    .expect("enter netns")
+    .unwrap_or_else(|e| panic!("echo to {to}: {e}"))
+}
+
+#[test]
+fn pods_reach_each_other_and_the_gateway_over_tcp() {
+    let node = Node::new("re", PluginDir::ours());
+    let conf = tutorial("0.3.1");
+    let (a, b) = (Netns::new("a"), Netns::new("b"));
+    let ip_a = ip_of(&ok(node.call("bridge", "ADD", "web-001", Some(&a), &conf)));
+    let ip_b = ip_of(&ok(node.call("bridge", "ADD", "web-002", Some(&b), &conf)));
+    let to_b: SocketAddr = format!("{ip_b}:8080").parse().expect("addr");
+    let server = echo_server(&b, to_b);
+    assert_eq!(echo_from(&a, to_b), "heartful");
+    server.join().expect("server");
+    let to_a: SocketAddr = format!("{ip_a}:8080").parse().expect("addr");
+    let server = echo_server(&a, to_a);
+    assert_eq!(echo_from(&b, to_a), "heartful");
+    server.join().expect("server");
+    // The gateway is the bridge's address in the node's netns.
+    let gw: SocketAddr = "10.244.1.1:9090".parse().expect("addr");
+    let server = echo_server(&node.host, gw);
+    assert_eq!(echo_from(&a, gw), "heartful");
+    server.join().expect("server");
+    ok(node.call("bridge", "DEL", "web-001", Some(&a), &conf));
+    ok(node.call("bridge", "DEL", "web-002", Some(&b), &conf));
+}
+
+#[test]
+fn parallel_adds_and_dels() {
+    const N: usize = 64;
+    let node = Node::new("pa", PluginDir::ours());
+    let conf = tutorial("0.3.1");
+    let pods: Vec<Netns> = (0..N).map(|_| Netns::new("p")).collect();
+    let run_all = |cmd: &'static str| -> Vec<Outcome> {
+        std::thread::scope(|s| {
+            let handles: Vec<_> = pods
+                .iter()
+                .enumerate()
+                .map(|(i, ns)| {
+                    let node = &node;
+                    let conf = &conf;
+                    s.spawn(move || node.call("bridge", cmd, &format!("pod-{i}"), Some(ns), conf))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("join"))
+                .collect()
+        })
+    };
+    let adds = run_all("ADD");
+    let mut ips: Vec<String> = adds.iter().map(|o| ip_of(&ok(o.clone()))).collect();
+    ips.sort();
+    ips.dedup();
+    assert_eq!(ips.len(), N, "distinct addresses");
+    assert_eq!(host_links(&node).matches("master cni0").count(), N);
+    for ns in &pods {
+        assert!(ns.sh("ip -o addr show eth0").contains("10.244.1."));
+    }
+    for out in run_all("DEL") {
+        ok(out);
+    }
+    assert!(!host_links(&node).contains("veth"));
+    assert!(!nat(&node).contains("CNI-"));
+    let leases: Vec<_> = node
+        .leases("bridge")
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("last_"))
+        .collect();
+    assert!(leases.is_empty(), "{leases:?}");
+}
+
+#[test]
+fn reference_and_ours_release_each_others_attachments() {
+    // One node, one lease directory and one bridge, two plugin builds.
+    let ours = Node::new("io", PluginDir::ours());
+    let theirs_dir = PluginDir::reference();
+    let call = |dir: &std::path::Path, cmd: &str, id: &str, ns: &Netns, conf: &Value| {
+        testbed::Call::new(dir.join("bridge"), cmd, id)
+            .in_netns(&ours.host)
+            .env("PATH", common::PATH)
+            .env("CNI_PATH", &dir.display().to_string())
+            .netns(&ns.path().display().to_string())
+            .stdin(ours.conf(conf))
+            .run()
+    };
+    let conf = tutorial("0.4.0");
+    let (x, y) = (Netns::new("x"), Netns::new("y"));
+    // Reference ADD, our CHECK and DEL.
+    let add = ok(call(theirs_dir.path(), "ADD", "ref-made", &x, &conf));
+    let mut with_prev = conf.clone();
+    with_prev["prevResult"] = add.json();
+    // The reference's own result names a stale bridge MAC (see the
+    // differential test), so CHECK it without the bridge entry's MAC.
+    with_prev["prevResult"]["interfaces"][0]["mac"] = json!("");
+    ok(call(
+        ours.plugins.path(),
+        "CHECK",
+        "ref-made",
+        &x,
+        &with_prev,
+    ));
+    ok(call(ours.plugins.path(), "DEL", "ref-made", &x, &conf));
+    // Our ADD, reference DEL.
+    ok(call(ours.plugins.path(), "ADD", "ours-made", &y, &conf));
+    ok(call(theirs_dir.path(), "DEL", "ours-made", &y, &conf));
+    assert!(!host_links(&ours).contains("veth"));
+    assert!(!nat(&ours).contains("CNI-"));
+    let leases: Vec<_> = ours
+        .leases("bridge")
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("last_"))
+        .collect();
+    assert!(leases.is_empty(), "{leases:?}");
+}

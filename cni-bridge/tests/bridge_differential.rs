@@ -1,0 +1,223 @@
+//! Ours against the Go reference bridge plugin. Each side gets its own
+//! "node" (a host netns, its own dataDir, its own plugin directory) and its
+//! own container netns; after every step the exit status, the stdout JSON,
+//! the container netns, the host netns and the leases must match, with
+//! MACs, veth names and netns paths normalised.
+
+mod common;
+
+use common::{Node, PluginDir, container_state, host_state, normalise, tutorial};
+use serde_json::{Value, json};
+use testbed::{Netns, Outcome};
+
+struct Pair {
+    ours: Node,
+    theirs: Node,
+    ours_c: Netns,
+    theirs_c: Netns,
+}
+
+impl Pair {
+    fn new() -> Self {
+        Pair {
+            ours: Node::new("bo", PluginDir::ours()),
+            theirs: Node::new("br", PluginDir::reference()),
+            ours_c: Netns::new("co"),
+            theirs_c: Netns::new("cr"),
+        }
+    }
+
+    /// Runs one step on both sides and compares everything.
+    fn step(&self, what: &str, cmd: &str, conf: &Value, with_netns: bool) -> (Outcome, Outcome) {
+        let a = self.ours.call(
+            "bridge",
+            cmd,
+            "web-002",
+            with_netns.then_some(&self.ours_c),
+            conf,
+        );
+        let b = self.theirs.call(
+            "bridge",
+            cmd,
+            "web-002",
+            with_netns.then_some(&self.theirs_c),
+            conf,
+        );
+        let at = format!("{what}\n ours: {a:?}\n  ref: {b:?}");
+        assert_eq!(a.code, b.code, "exit status differs: {at}");
+        if a.success() {
+            assert_eq!(
+                normalise(&a.stdout, &[&self.ours_c]),
+                normalise(&b.stdout, &[&self.theirs_c]),
+                "stdout differs: {at}"
+            );
+        } else {
+            assert_eq!(a.error_code(), b.error_code(), "error code differs: {at}");
+        }
+        self.compare(&at);
+        (a, b)
+    }
+
+    fn compare(&self, at: &str) {
+        assert_eq!(
+            container_state(&self.ours_c, "eth0"),
+            container_state(&self.theirs_c, "eth0"),
+            "container netns differs after {at}"
+        );
+        assert_eq!(
+            host_state(&self.ours.host),
+            host_state(&self.theirs.host),
+            "host netns differs after {at}"
+        );
+        assert_eq!(
+            self.ours.leases("bridge"),
+            self.theirs.leases("bridge"),
+            "leases differ after {at}"
+        );
+    }
+}
+
+/// The config CHECK gets: the ADD result as prevResult.
+fn with_prev(conf: &Value, add: &Outcome) -> Value {
+    let mut c = conf.clone();
+    c["prevResult"] = add.json();
+    c
+}
+
+/// CHECK with the ADD result must pass on ours. The reference (1.1.1)
+/// fails its own CHECK right after ADD ("Bridge interface cni0 Mac doesn't
+/// match"): it reports the bridge MAC from before it re-pins it. So CHECK
+/// is held to the kernel, not to the reference.
+fn check_ours(p: &Pair, conf: &Value, add: &Outcome) {
+    let out = p.ours.call(
+        "bridge",
+        "CHECK",
+        "web-002",
+        Some(&p.ours_c),
+        &with_prev(conf, add),
+    );
+    assert!(out.success(), "CHECK after ADD: {out:?}");
+}
+
+#[test]
+fn tutorial_config_add_check_del_in_each_version() {
+    for v in ["0.3.1", "0.4.0", "1.0.0"] {
+        let p = Pair::new();
+        let conf = tutorial(v);
+        let (add, _) = p.step(&format!("{v} ADD"), "ADD", &conf, true);
+        // The result's bridge MAC is the bridge's real (pinned) MAC.
+        let br_mac = add.json()["interfaces"][0]["mac"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        assert!(
+            p.ours.host.sh("ip link show cni0").contains(&br_mac),
+            "{add:?}"
+        );
+        if v != "0.3.1" {
+            check_ours(&p, &conf, &add);
+        }
+        p.step(&format!("{v} DEL"), "DEL", &conf, true);
+        p.step(&format!("{v} DEL again"), "DEL", &conf, true);
+    }
+}
+
+#[test]
+fn options_match_the_reference() {
+    let base = tutorial("0.4.0");
+    let variants = [
+        json!({"mtu": 1400}),
+        json!({"hairpinMode": true}),
+        json!({"promiscMode": true}),
+        json!({"isDefaultGateway": true, "ipam": {"type": "host-local",
+               "ranges": [[{"subnet": "10.244.1.0/24"}]]}}),
+        json!({"isGateway": false, "ipMasq": false}),
+        json!({"enabledad": true}),
+        json!({"bridge": "kube-br0"}),
+        json!({"ipam": {}}),
+        json!({"args": {"cni": {"mac": "0a:58:0a:f4:01:09"}}}),
+        json!({"runtimeConfig": {"mac": "0a:58:0a:f4:01:0a"}}),
+    ];
+    for extra in variants {
+        let mut conf = base.clone();
+        for (k, v) in extra.as_object().expect("object") {
+            conf[k] = v.clone();
+        }
+        let p = Pair::new();
+        let (add, _) = p.step(&format!("{extra} ADD"), "ADD", &conf, true);
+        if add.success() {
+            check_ours(&p, &conf, &add);
+        }
+        p.step(&format!("{extra} DEL"), "DEL", &conf, true);
+    }
+}
+
+#[test]
+fn bad_input_matches_the_reference() {
+    let p = Pair::new();
+    let conf = tutorial("0.3.1");
+    // Malformed JSON, an unsupported version, a missing netns.
+    for (what, bad) in [
+        ("malformed", json!("{not json")),
+        ("version 9.9.9", {
+            let mut c = conf.clone();
+            c["cniVersion"] = json!("9.9.9");
+            c
+        }),
+    ] {
+        let a = p
+            .ours
+            .call("bridge", "ADD", "web-002", Some(&p.ours_c), &bad);
+        let b = p
+            .theirs
+            .call("bridge", "ADD", "web-002", Some(&p.theirs_c), &bad);
+        assert_eq!(
+            (a.code, a.error_code()),
+            (b.code, b.error_code()),
+            "{what}: {a:?} {b:?}"
+        );
+    }
+    let gone = Netns::new("gone");
+    let gone_path = gone.path();
+    drop(gone);
+    for node in [&p.ours, &p.theirs] {
+        let out = testbed::Call::new(node.plugins.path().join("bridge"), "ADD", "web-002")
+            .in_netns(&node.host)
+            .env("PATH", common::PATH)
+            .env("CNI_PATH", &node.plugins.path().display().to_string())
+            .netns(&gone_path.display().to_string())
+            .stdin(node.conf(&conf))
+            .run();
+        assert_ne!(out.code, 0, "{out:?}");
+        assert_eq!(out.error_code(), 999, "{out:?}");
+    }
+    // The reference creates cni0 before it finds the netns missing; ours
+    // checks first and creates nothing.
+    assert!(p.ours.host.try_sh("ip link show cni0").is_err());
+    assert!(p.ours.leases("bridge").is_empty());
+    // An interface name too long for the kernel.
+    let long = "eth0123456789abcdef";
+    let a = testbed::Call::new(p.ours.plugins.path().join("bridge"), "ADD", "web-002")
+        .in_netns(&p.ours.host)
+        .ifname(long)
+        .netns(&p.ours_c.path().display().to_string())
+        .stdin(p.ours.conf(&conf))
+        .run();
+    let b = testbed::Call::new(p.theirs.plugins.path().join("bridge"), "ADD", "web-002")
+        .in_netns(&p.theirs.host)
+        .ifname(long)
+        .netns(&p.theirs_c.path().display().to_string())
+        .stdin(p.theirs.conf(&conf))
+        .run();
+    assert_eq!(
+        (a.code, a.error_code()),
+        (b.code, b.error_code()),
+        "{a:?} {b:?}"
+    );
+    assert!(p.ours.host.try_sh("ip link show cni0").is_err());
+    assert!(p.ours.leases("bridge").is_empty());
+    // A duplicate ADD fails on both and leaves the first attachment alone.
+    p.step("first ADD", "ADD", &conf, true);
+    p.step("duplicate ADD", "ADD", &conf, true);
+    p.step("DEL", "DEL", &conf, true);
+}
