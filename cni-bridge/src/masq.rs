@@ -233,8 +233,28 @@ pub fn teardown(
     addrs: Option<&[IpNetwork]>,
 ) -> Result<(), MasqError> {
     let chain = chain_name(network, container_id);
+    let comment = quoted_comment(network, container_id);
     let jump = format!(" -j {chain}");
     for f in [Family::V4, Family::V6] {
+        if let Some(list) = addrs {
+            let mine: Vec<&IpNetwork> = list.iter().filter(|a| Family::of(a) == f).collect();
+            if mine.is_empty() {
+                continue;
+            }
+            // Fast path, one exec: this interface's jumps, then the chain.
+            // It fails as a whole when a rule is missing or another
+            // interface still uses the chain; the careful path follows.
+            let mut body = String::new();
+            for net in &mine {
+                let [_, _, jump_rule] = rules_for(net, &chain, &comment);
+                body.push_str(&jump_rule.replacen("-A ", "-D ", 1));
+                body.push('\n');
+            }
+            body.push_str(&format!("-F {chain}\n-X {chain}\n"));
+            if restore(f, &body).is_ok() {
+                continue;
+            }
+        }
         let saved = match save_nat(f) {
             Ok(s) => s,
             // No ip6tables on this node means no v6 rules to remove.

@@ -16,10 +16,13 @@ use netlink_packet_route::AddressFamily;
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
 use netlink_packet_route::link::{
-    InfoKind, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State,
+    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State,
 };
 use netlink_packet_route::route::RouteProtocol;
-use rtnetlink::{Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{
+    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth,
+    RouteMessageBuilder,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NlError {
@@ -201,13 +204,32 @@ impl Netlink {
         self.run(async move { h.link().add(msg).execute().await })
     }
 
-    /// A veth pair, both ends in this namespace.
-    pub fn add_veth(&self, name: &str, peer: &str, mtu: Option<u32>) -> Result<(), NlError> {
-        let mut v = LinkVeth::new(name, peer);
+    /// A veth pair: `name` here (with `mac` if given), `peer` in the
+    /// namespace of `peer_netns`. Created where they belong, so neither end
+    /// is renamed or moved (each costs the kernel an RCU grace period).
+    pub fn add_veth(
+        &self,
+        name: &str,
+        mac: Option<Vec<u8>>,
+        peer: &str,
+        peer_netns: RawFd,
+        mtu: Option<u32>,
+    ) -> Result<(), NlError> {
+        let mut peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(peer.to_string())
+            .setns_by_fd(peer_netns);
+        let mut b = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(name.to_string());
         if let Some(m) = mtu {
-            v = v.mtu(m);
+            peer_msg = peer_msg.mtu(m);
+            b = b.mtu(m);
         }
-        let msg = v.build();
+        if let Some(mac) = mac {
+            b = b.address(mac);
+        }
+        let msg = b
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer_msg.build())))
+            .build();
         let h = self.handle.clone();
         self.run(async move { h.link().add(msg).execute().await })
     }
@@ -243,18 +265,6 @@ impl Netlink {
 
     pub fn set_promisc(&self, index: u32, on: bool) -> Result<(), NlError> {
         self.set(LinkUnspec::new_with_index(index).promiscuous(on).build())
-    }
-
-    pub fn rename(&self, index: u32, name: &str) -> Result<(), NlError> {
-        self.set(LinkUnspec::new_with_index(index).name(name).build())
-    }
-
-    pub fn move_to_netns(&self, index: u32, netns_fd: RawFd) -> Result<(), NlError> {
-        self.set(
-            LinkUnspec::new_with_index(index)
-                .setns_by_fd(netns_fd)
-                .build(),
-        )
     }
 
     pub fn set_hairpin(&self, index: u32, on: bool) -> Result<(), NlError> {

@@ -96,7 +96,7 @@ fn add_steps(
         undo.bridge = Some(br.index);
     }
     let mtu = (conf.mtu > 0).then_some(conf.mtu);
-    let (host, cont) = setup::create_veth(nl, netns_path, &req.env.ifname, mtu, mac)?;
+    let (host, cont) = setup::create_veth(netns_path, &req.env.ifname, mtu, mac)?;
     undo.host_veth = Some(host.clone());
     let host_link = setup::attach_host_end(nl, &host, &br, conf)?;
 
@@ -178,18 +178,39 @@ fn del(req: &Request) -> Result<(), CniError> {
         ipam_del()?;
         return masq_del(None);
     }
-    match setup::delete_container_if(Path::new(&req.env.netns), &req.env.ifname) {
+    let netns_path = Path::new(&req.env.netns);
+    match setup::container_if(netns_path, &req.env.ifname) {
         Err(e) if e.is_gone() => {
             ipam_del()?;
             masq_del(None)
         }
         Err(e) => Err(ns_err(e)),
-        Ok(Err(e)) => Err(nl_err(format!("failed to delete {:?}", req.env.ifname), e)),
-        Ok(Ok(addrs)) => {
+        Ok(Err(e)) => Err(nl_err(format!("failed to look up {:?}", req.env.ifname), e)),
+        Ok(Ok(None)) => {
             ipam_del()?;
             // A vanished interface leaves its addresses unknown: release
             // the chain only if no other interface still jumps to it.
-            masq_del(Some(addrs.as_deref().unwrap_or(&[])))
+            masq_del(Some(&[]))
+        }
+        Ok(Ok(Some((index, addrs)))) => {
+            // Deleting a veth waits out an RCU grace period in the kernel;
+            // the masquerade teardown runs meanwhile. The address goes back
+            // to IPAM only once the interface holding it is gone.
+            let (deleted, masq) = std::thread::scope(|s| {
+                let deleting = s.spawn(|| setup::delete_link(netns_path, index));
+                let masq = masq_del(Some(&addrs));
+                (deleting.join(), masq)
+            });
+            match deleted {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => {
+                    return Err(nl_err(format!("failed to delete {:?}", req.env.ifname), e));
+                }
+                Ok(Err(e)) => return Err(ns_err(e)),
+                Err(_) => return Err(CniError::internal("link deletion thread panicked")),
+            }
+            ipam_del()?;
+            masq
         }
     }
 }
