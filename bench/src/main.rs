@@ -5,6 +5,7 @@
 //! plugin call must succeed; a missed target is reported, not an error: the
 //! exit status is non-zero only when the benchmark itself could not run.
 
+mod bridge;
 mod host_local;
 mod plugin;
 mod stats;
@@ -31,6 +32,9 @@ enum Bench {
     /// host-local IPAM: single ADD+DEL latency, filling and emptying a /16,
     /// and how the per-call cost grows with the number of leases.
     HostLocal(host_local::Options),
+    /// bridge: sequential tutorial ADD/DEL latency, and concurrent ADDs
+    /// then DELs, each side on its own emulated node.
+    Bridge(bridge::Options),
 }
 
 /// The signal that asked us to stop, or 0.
@@ -70,6 +74,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = catch_signals().and_then(|()| match &cli.bench {
         Bench::HostLocal(opts) => host_local::run(opts),
+        Bench::Bridge(opts) => bridge::run(opts),
     });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

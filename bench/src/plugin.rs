@@ -2,8 +2,12 @@
 //! the network configuration on stdin.
 
 use std::io::Write;
+use std::os::fd::RawFd;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
+
+use nix::sched::{CloneFlags, setns};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -17,17 +21,51 @@ pub struct Reply {
 
 /// Runs `bin` for `command` on container `id`; fails unless it exits 0.
 pub fn call(bin: &Path, command: &str, id: &str, conf: &str) -> Result<Reply> {
+    call_in(bin, command, id, conf, &Target::default())
+}
+
+/// Where a call acts: the plugin's own netns (by fd, entered between fork
+/// and exec so the timing holds only the plugin), the container netns path
+/// and CNI_PATH.
+pub struct Target {
+    pub host_netns: Option<RawFd>,
+    pub netns: String,
+    pub cni_path: String,
+}
+
+impl Default for Target {
+    fn default() -> Self {
+        Target {
+            host_netns: None,
+            netns: "/var/run/netns/bench".into(),
+            cni_path: "/usr/lib/cni".into(),
+        }
+    }
+}
+
+pub fn call_in(bin: &Path, command: &str, id: &str, conf: &str, target: &Target) -> Result<Reply> {
     if let Some(sig) = crate::interrupted() {
         bail!("interrupted by signal {sig}");
     }
     let start = Instant::now();
-    let mut child = Command::new(bin)
+    let mut cmd = Command::new(bin);
+    if let Some(fd) = target.host_netns {
+        // SAFETY: setns is async-signal-safe and `fd` outlives the spawn.
+        unsafe {
+            cmd.pre_exec(move || {
+                let ns = std::os::fd::BorrowedFd::borrow_raw(fd);
+                setns(ns, CloneFlags::CLONE_NEWNET).map_err(std::io::Error::from)
+            });
+        }
+    }
+    let mut child = cmd
         .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
         .env("CNI_COMMAND", command)
         .env("CNI_CONTAINERID", id)
-        .env("CNI_NETNS", "/var/run/netns/bench")
+        .env("CNI_NETNS", &target.netns)
         .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", "/usr/lib/cni")
+        .env("CNI_PATH", &target.cni_path)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
