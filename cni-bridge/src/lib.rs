@@ -2,6 +2,9 @@
 
 pub mod bridge;
 pub mod masq;
+pub mod masq_nft;
 pub mod netns;
+pub mod nft;
 pub mod nl;
+pub mod spoofcheck;
 pub mod sysctl;

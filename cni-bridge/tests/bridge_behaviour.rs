@@ -284,3 +284,153 @@ fn reference_and_ours_release_each_others_attachments() {
         .collect();
     assert!(leases.is_empty(), "{leases:?}");
 }
+
+fn nft_masq(node: &Node) -> String {
+    node.host
+        .try_sh("nft list table inet cni_plugins_masquerade")
+        .unwrap_or_default()
+}
+
+#[test]
+fn nftables_masquerade_backend() {
+    let node = Node::new("nf", PluginDir::ours());
+    let mut conf = tutorial("1.0.0");
+    conf["ipMasqBackend"] = json!("nftables");
+    let chain = chain_name("bridge", "web-002");
+    let c = Netns::new("c");
+    let call = |cmd: &str, ifname: &str, netns: Option<&Netns>| {
+        let mut call = testbed::Call::new(node.plugins.path().join("bridge"), cmd, "web-002")
+            .in_netns(&node.host)
+            .env("PATH", common::PATH)
+            .env("CNI_PATH", &node.plugins.path().display().to_string())
+            .ifname(ifname)
+            .stdin(node.conf(&conf));
+        call = match netns {
+            Some(ns) => call.netns(&ns.path().display().to_string()),
+            None => call.unset("CNI_NETNS"),
+        };
+        call.run()
+    };
+    let add = ok(call("ADD", "eth0", Some(&c)));
+    let ip = ip_of(&add);
+    let table = nft_masq(&node);
+    assert!(table.contains(&format!("{ip} : jump {chain}")), "{table}");
+    assert!(table.contains("ip daddr 10.244.1.0/24 accept"), "{table}");
+    assert!(
+        table.contains("ip daddr != 224.0.0.0/4 masquerade"),
+        "{table}"
+    );
+    assert!(
+        !nat(&node).contains("CNI-"),
+        "no iptables rules with this backend"
+    );
+    // CHECK sees the map entry; a repeated ADD of a second interface shares the chain.
+    let mut with_prev = conf.clone();
+    with_prev["prevResult"] = add.json();
+    let check = testbed::Call::new(node.plugins.path().join("bridge"), "CHECK", "web-002")
+        .in_netns(&node.host)
+        .env("PATH", common::PATH)
+        .env("CNI_PATH", &node.plugins.path().display().to_string())
+        .netns(&c.path().display().to_string())
+        .stdin(node.conf(&with_prev))
+        .run();
+    ok(check);
+    let ip2 = ip_of(&ok(call("ADD", "net1", Some(&c))));
+    ok(call("DEL", "eth0", Some(&c)));
+    let table = nft_masq(&node);
+    assert!(!table.contains(&format!("{ip} :")), "{table}");
+    assert!(table.contains(&format!("{ip2} : jump {chain}")), "{table}");
+    // The netns is gone: DEL still clears the entry and the chain.
+    drop(c);
+    ok(call("DEL", "net1", None));
+    let table = nft_masq(&node);
+    assert!(!table.contains(&chain), "{table}");
+}
+
+#[test]
+fn port_isolation_and_disabled_container_interface() {
+    let node = Node::new("pi", PluginDir::ours());
+    let mut conf = tutorial("1.0.0");
+    conf["portIsolation"] = json!(true);
+    let c = Netns::new("c");
+    ok(node.call("bridge", "ADD", "web-002", Some(&c), &conf));
+    let port = node.host.sh("ip -d -j link show master cni0");
+    assert!(port.contains("\"isolated\":true"), "{port}");
+    ok(node.call("bridge", "DEL", "web-002", Some(&c), &conf));
+
+    let mut conf = tutorial("1.0.0");
+    conf["disableContainerInterface"] = json!(true);
+    let out = node.call("bridge", "ADD", "web-003", Some(&c), &conf);
+    assert_eq!(
+        out.error_code(),
+        7,
+        "IPAM and a disabled interface: {out:?}"
+    );
+    conf["ipam"] = json!({});
+    conf["ipMasq"] = json!(false);
+    ok(node.call("bridge", "ADD", "web-003", Some(&c), &conf));
+    let eth0 = c.sh("ip -o link show eth0");
+    assert!(!eth0.contains(",UP"), "{eth0}");
+    ok(node.call("bridge", "DEL", "web-003", Some(&c), &conf));
+}
+
+#[test]
+fn gc_removes_what_no_valid_attachment_names_and_status_asks_ipam() {
+    for backend in ["iptables", "nftables"] {
+        let node = Node::new("gc", PluginDir::ours());
+        let mut conf = tutorial("1.1.0");
+        conf["ipMasqBackend"] = json!(backend);
+        let (a, b) = (Netns::new("a"), Netns::new("b"));
+        ok(node.call("bridge", "ADD", "keep", Some(&a), &conf));
+        ok(node.call("bridge", "ADD", "leak", Some(&b), &conf));
+        let mut gc = conf.clone();
+        gc["cni.dev/valid-attachments"] = json!([{"containerID": "keep", "ifname": "eth0"}]);
+        let out = testbed::Call::new(node.plugins.path().join("bridge"), "GC", "")
+            .in_netns(&node.host)
+            .env("PATH", common::PATH)
+            .env("CNI_PATH", &node.plugins.path().display().to_string())
+            .unset("CNI_NETNS")
+            .unset("CNI_IFNAME")
+            .stdin(node.conf(&gc))
+            .run();
+        ok(out);
+        let rules = if backend == "iptables" {
+            nat(&node)
+        } else {
+            nft_masq(&node)
+        };
+        assert!(
+            rules.contains(&chain_name("bridge", "keep")),
+            "{backend}: {rules}"
+        );
+        assert!(
+            !rules.contains(&chain_name("bridge", "leak")),
+            "{backend}: {rules}"
+        );
+        let owners: Vec<String> = node.leases("bridge").into_iter().map(|(_, v)| v).collect();
+        assert!(owners.iter().any(|o| o.starts_with("keep")), "{owners:?}");
+        assert!(!owners.iter().any(|o| o.starts_with("leak")), "{owners:?}");
+    }
+    let node = Node::new("st", PluginDir::ours());
+    let conf = tutorial("1.1.0");
+
+    // STATUS is IPAM's: a /30 with its one address taken is code 50.
+    let mut small = conf.clone();
+    small["name"] = json!("small");
+    small["bridge"] = json!("cni1");
+    small["ipam"]["ranges"] = json!([[{"subnet": "10.9.0.0/30"}]]);
+    let status = || {
+        testbed::Call::new(node.plugins.path().join("bridge"), "STATUS", "")
+            .in_netns(&node.host)
+            .env("PATH", common::PATH)
+            .env("CNI_PATH", &node.plugins.path().display().to_string())
+            .unset("CNI_NETNS")
+            .unset("CNI_IFNAME")
+            .stdin(node.conf(&small))
+            .run()
+    };
+    ok(status());
+    let s = Netns::new("s");
+    ok(node.call("bridge", "ADD", "only", Some(&s), &small));
+    assert_eq!(status().error_code(), 50);
+}

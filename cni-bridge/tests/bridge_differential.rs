@@ -7,6 +7,7 @@
 mod common;
 
 use common::{Node, PluginDir, container_state, host_state, normalise, tutorial};
+
 use serde_json::{Value, json};
 use testbed::{Netns, Outcome};
 
@@ -137,6 +138,8 @@ fn options_match_the_reference() {
         json!({"ipam": {}}),
         json!({"args": {"cni": {"mac": "0a:58:0a:f4:01:09"}}}),
         json!({"runtimeConfig": {"mac": "0a:58:0a:f4:01:0a"}}),
+        json!({"macspoofchk": true}),
+        json!({"macspoofchk": true, "hairpinMode": true, "mtu": 9000}),
     ];
     for extra in variants {
         let mut conf = base.clone();
@@ -220,4 +223,68 @@ fn bad_input_matches_the_reference() {
     p.step("first ADD", "ADD", &conf, true);
     p.step("duplicate ADD", "ADD", &conf, true);
     p.step("DEL", "DEL", &conf, true);
+}
+
+#[test]
+fn mac_from_cni_args_matches_the_reference() {
+    let p = Pair::new();
+    let conf = tutorial("1.0.0");
+    let run = |node: &Node, c: &Netns| {
+        testbed::Call::new(node.plugins.path().join("bridge"), "ADD", "web-002")
+            .in_netns(&node.host)
+            .env("PATH", common::PATH)
+            .env("CNI_PATH", &node.plugins.path().display().to_string())
+            .netns(&c.path().display().to_string())
+            .args("IgnoreUnknown=1;K8S_POD_NAME=web-002;MAC=0a:58:0a:f4:01:11")
+            .stdin(node.conf(&conf))
+            .run()
+    };
+    let (a, b) = (run(&p.ours, &p.ours_c), run(&p.theirs, &p.theirs_c));
+    assert_eq!(a.code, b.code, "{a:?} {b:?}");
+    assert!(a.stdout.contains("0a:58:0a:f4:01:11"), "{a:?}");
+    p.compare("ADD with CNI_ARGS MAC");
+    p.step("DEL", "DEL", &conf, true);
+}
+
+#[test]
+fn force_address_matches_the_reference() {
+    let prepare = |p: &Pair| {
+        // The bridge exists with an address from another subnet.
+        for node in [&p.ours, &p.theirs] {
+            node.host.sh(
+                "ip link add cni0 type bridge && ip addr add 10.99.0.1/24 dev cni0 && ip link set cni0 up",
+            );
+        }
+    };
+    let conf = tutorial("0.4.0");
+    // Without forceAddress both fail. The reference leaves the attachment
+    // half made (eth0 configured, the lease taken); ours rolls it back.
+    let p = Pair::new();
+    prepare(&p);
+    let a = p
+        .ours
+        .call("bridge", "ADD", "web-002", Some(&p.ours_c), &conf);
+    let b = p
+        .theirs
+        .call("bridge", "ADD", "web-002", Some(&p.theirs_c), &conf);
+    assert_eq!(
+        (a.code, a.error_code()),
+        (b.code, b.error_code()),
+        "{a:?} {b:?}"
+    );
+    assert!(!p.ours_c.sh("ip -o link show").contains("eth0"));
+    assert!(!p.ours.host.sh("ip -o link show").contains("veth"));
+    assert!(
+        p.ours
+            .leases("bridge")
+            .iter()
+            .all(|(k, _)| k.starts_with("last_"))
+    );
+    // With it, the old address is replaced, the same way on both.
+    let p = Pair::new();
+    prepare(&p);
+    let mut forced = conf.clone();
+    forced["forceAddress"] = json!(true);
+    p.step("ADD with forceAddress", "ADD", &forced, true);
+    p.step("DEL", "DEL", &forced, true);
 }

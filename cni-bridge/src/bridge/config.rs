@@ -100,6 +100,12 @@ impl NetConf {
                 n.vlan
             )));
         }
+        if n.disable_container_interface && n.is_layer3() {
+            return Err(CniError::new(
+                ErrorCode::InvalidNetworkConfig,
+                "cannot use IPAM when disableContainerInterface flag is set",
+            ));
+        }
         if cni_protocol::validate::interface_name(&n.bridge).is_err() {
             return Err(CniError::new(
                 ErrorCode::InvalidNetworkConfig,

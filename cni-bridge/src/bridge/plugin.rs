@@ -6,9 +6,9 @@ use cni_protocol::args::CniArgs;
 use cni_protocol::{CniError, CniResult, ErrorCode, Interface, Plugin, Request, ipam};
 use ipnetwork::IpNetwork;
 
-use crate::masq;
 use crate::netns;
 use crate::nl::{Netlink, format_mac};
+use crate::{masq, masq_nft, spoofcheck};
 
 use super::config::{MasqBackend, NetConf};
 use super::{gateway, setup};
@@ -18,12 +18,7 @@ pub struct Bridge;
 
 fn load(req: &Request) -> Result<NetConf, CniError> {
     let conf = NetConf::load(&req.stdin)?;
-    if conf.masq_backend()? == MasqBackend::Nftables && conf.ip_masq {
-        return Err(CniError::new(
-            ErrorCode::InvalidNetworkConfig,
-            "ipMasqBackend \"nftables\" is not available in this build yet",
-        ));
-    }
+    conf.masq_backend()?;
     if conf.vlan != 0 || conf.vlan_trunk.is_some() {
         return Err(CniError::new(
             ErrorCode::InvalidNetworkConfig,
@@ -31,6 +26,38 @@ fn load(req: &Request) -> Result<NetConf, CniError> {
         ));
     }
     Ok(conf)
+}
+
+fn internal(e: impl std::fmt::Display) -> CniError {
+    CniError::internal(e.to_string())
+}
+
+fn masq_setup(conf: &NetConf, id: &str, addrs: &[IpNetwork]) -> Result<(), CniError> {
+    match conf.masq_backend()? {
+        MasqBackend::Iptables => masq::setup(&conf.name, id, addrs).map_err(internal),
+        MasqBackend::Nftables => masq_nft::setup(&conf.name, id, addrs).map_err(internal),
+    }
+}
+
+fn masq_teardown(conf: &NetConf, id: &str, addrs: Option<&[IpNetwork]>) -> Result<(), CniError> {
+    match conf.masq_backend()? {
+        MasqBackend::Iptables => masq::teardown(&conf.name, id, addrs).map_err(internal),
+        MasqBackend::Nftables => masq_nft::teardown(&conf.name, id, addrs).map_err(internal),
+    }
+}
+
+fn masq_verify(conf: &NetConf, id: &str, addrs: &[IpNetwork]) -> Result<bool, CniError> {
+    match conf.masq_backend()? {
+        MasqBackend::Iptables => masq::verify(&conf.name, id, addrs).map_err(internal),
+        MasqBackend::Nftables => masq_nft::verify(&conf.name, id, addrs).map_err(internal),
+    }
+}
+
+fn masq_gc(conf: &NetConf, valid: &[String]) -> Result<(), CniError> {
+    match conf.masq_backend()? {
+        MasqBackend::Iptables => masq::collect_garbage(&conf.name, valid).map_err(internal),
+        MasqBackend::Nftables => masq_nft::collect_garbage(&conf.name, valid).map_err(internal),
+    }
 }
 
 fn cni_args_mac(req: &Request) -> Result<Option<String>, CniError> {
@@ -45,12 +72,16 @@ struct Undo {
     bridge: Option<u32>,
     ipam: bool,
     masq: bool,
+    spoof: bool,
 }
 
 impl Undo {
     fn run(self, nl: &Netlink, conf: &NetConf, req: &Request) {
+        if self.spoof {
+            let _ = spoofcheck::teardown(&req.env.container_id, &req.env.ifname);
+        }
         if self.masq {
-            let _ = masq::teardown(&conf.name, &req.env.container_id, None);
+            let _ = masq_teardown(conf, &req.env.container_id, None);
         }
         if let Some(host) = &self.host_veth
             && let Ok(Some(l)) = nl.link_by_name(host)
@@ -96,9 +127,20 @@ fn add_steps(
         undo.bridge = Some(br.index);
     }
     let mtu = (conf.mtu > 0).then_some(conf.mtu);
-    let (host, cont) = setup::create_veth(netns_path, &req.env.ifname, mtu, mac)?;
+    let (host, cont) = setup::create_veth(
+        netns_path,
+        &req.env.ifname,
+        mtu,
+        mac,
+        !conf.disable_container_interface,
+    )?;
     undo.host_veth = Some(host.clone());
     let host_link = setup::attach_host_end(nl, &host, &br, conf)?;
+    if conf.mac_spoof_check {
+        undo.spoof = true;
+        spoofcheck::setup(&req.env.container_id, &req.env.ifname, &host, &cont.mac)
+            .map_err(internal)?;
+    }
 
     let mut result = CniResult::default();
     if conf.is_layer3() {
@@ -125,8 +167,7 @@ fn add_steps(
         if conf.ip_masq {
             undo.masq = true;
             let addrs: Vec<IpNetwork> = result.ips.iter().map(|ip| ip.address).collect();
-            masq::setup(&conf.name, &req.env.container_id, &addrs)
-                .map_err(|e| CniError::internal(e.to_string()))?;
+            masq_setup(conf, &req.env.container_id, &addrs)?;
         }
     }
     // The bridge MAC may have changed with the first port or the address.
@@ -158,7 +199,12 @@ fn add_steps(
 fn del(req: &Request) -> Result<(), CniError> {
     let conf = NetConf::load(&req.stdin)?;
     let id = &req.env.container_id;
+    // Every path below calls this once: the address and the spoof-check
+    // rules do not need the netns to be released.
     let ipam_del = || {
+        if conf.mac_spoof_check {
+            spoofcheck::teardown(id, &req.env.ifname).map_err(internal)?;
+        }
         if conf.is_layer3() {
             ipam::exec_del(&conf.ipam.plugin, req)
         } else {
@@ -167,7 +213,7 @@ fn del(req: &Request) -> Result<(), CniError> {
     };
     let masq_del = |addrs: Option<&[IpNetwork]>| {
         if conf.is_layer3() && conf.ip_masq {
-            masq::teardown(&conf.name, id, addrs).map_err(|e| CniError::internal(e.to_string()))
+            masq_teardown(&conf, id, addrs)
         } else {
             Ok(())
         }
@@ -289,8 +335,7 @@ fn check(req: &Request) -> Result<(), CniError> {
         }
     }
     if conf.is_layer3() && conf.ip_masq {
-        let ok = masq::verify(&conf.name, &req.env.container_id, &want_ips)
-            .map_err(|e| CniError::internal(e.to_string()))?;
+        let ok = masq_verify(&conf, &req.env.container_id, &want_ips)?;
         if !ok {
             return Err(CniError::internal(format!(
                 "masquerade rules for {} are missing",
@@ -311,7 +356,7 @@ fn gc(req: &Request) -> Result<(), CniError> {
             .flatten()
             .map(|a| a.container_id.clone())
             .collect();
-        masq::collect_garbage(&conf.name, &valid).map_err(|e| CniError::internal(e.to_string()))?;
+        masq_gc(&conf, &valid)?;
     }
     if conf.is_layer3() {
         ipam::exec_gc(&conf.ipam.plugin, req)?;

@@ -89,6 +89,7 @@ pub fn create_veth(
     ifname: &str,
     mtu: Option<u32>,
     mac: Option<&str>,
+    bring_up: bool,
 ) -> Result<(String, ContainerIf), CniError> {
     let mac = match mac {
         Some(m) => Some(parse_mac(m).ok_or_else(|| {
@@ -127,8 +128,10 @@ pub fn create_veth(
                 .link_by_name(ifname)
                 .map_err(|e| nl_err("looking up the new veth", e))?
                 .ok_or_else(|| CniError::internal("new veth vanished"))?;
-            cnl.set_up(link.index)
-                .map_err(|e| nl_err(format!("failed to set {ifname:?} up"), e))?;
+            if bring_up {
+                cnl.set_up(link.index)
+                    .map_err(|e| nl_err(format!("failed to set {ifname:?} up"), e))?;
+            }
             Ok(ContainerIf {
                 name: link.name.clone(),
                 mac: link.mac_string(),

@@ -209,11 +209,11 @@ pub fn container_state(ns: &Netns, ifname: &str) -> String {
 
 /// What a test compares of the host netns: links (bridge MTU and MAC
 /// pinning, port hairpin/promisc), addresses, forwarding, the nat rules
-/// with their exact chain names, and the nft tables.
+/// with their exact chain names, and the nft ruleset.
 pub fn host_state(ns: &Netns) -> String {
     let mut s = format!("{:?}\n{:?}\n", links(ns), addrs(ns));
     s.push_str(&ns.sh(
-        "cat /proc/sys/net/ipv4/ip_forward; iptables-save -t nat | grep -v '^#'; nft list tables",
+        "cat /proc/sys/net/ipv4/ip_forward; iptables-save -t nat | grep -v '^#'; nft list ruleset",
     ));
     normalise(&s, &[])
 }
