@@ -7,7 +7,12 @@ APT_PACKAGES=(
   containernetworking-plugins # the Go reference plugins, for differential tests and benchmarks
   iproute2                    # ip netns: the tests' emulated nodes and pods
   iptables                    # iptables-restore/-save: bridge ipMasq
-  nftables                    # nft: the tests read nft tables
+  nftables                    # nft: macspoofchk, the nftables masquerade backend, tests
+  podman                      # a real CNI client for the bridge tests
+  runc                        # podman's runtime here (crun refuses hybrid cgroups)
+  skopeo                      # copies test images into podman's storage
+  umoci                       # builds the test images (no registry is reachable)
+  busybox-static              # the test images' userland
 )
 
 missing=()

@@ -2,6 +2,7 @@
 //! runtime does, find the Go reference plugins, and snapshot directories so
 //! two runs can be compared file by file.
 
+pub mod image;
 pub mod netns;
 pub mod plugin;
 pub mod snapshot;

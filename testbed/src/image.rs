@@ -1,0 +1,65 @@
+//! Test images, built locally (no registry is reachable): an OCI layout
+//! with a busybox-static root filesystem, packed by `umoci`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn run(cmd: &mut Command) {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Builds `<dir>/busybox.tar`, an OCI-layout tar with one image tagged
+/// `latest`: busybox and its applets in /bin, /www/index.html saying
+/// `hello from busybox`, default command `/bin/sh`.
+pub fn busybox_oci_tar(dir: &Path) -> PathBuf {
+    let layout = dir.join("oci");
+    let bundle = dir.join("bundle");
+    let image = format!("{}:latest", layout.display());
+    run(Command::new("umoci").args(["init", "--layout"]).arg(&layout));
+    run(Command::new("umoci").args(["new", "--image", &image]));
+    run(Command::new("umoci")
+        .args(["unpack", "--rootless", "--image", &image])
+        .arg(&bundle));
+    let root = bundle.join("rootfs");
+    for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "www", "root"] {
+        std::fs::create_dir_all(root.join(d)).expect("mkdir");
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("copy busybox");
+    for applet in [
+        "sh", "ls", "cat", "echo", "sleep", "httpd", "ip", "hostname", "nc", "wget", "true",
+    ] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).expect("symlink");
+    }
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").expect("passwd");
+    std::fs::write(root.join("etc/group"), "root:x:0:\n").expect("group");
+    std::fs::write(root.join("www/index.html"), "hello from busybox\n").expect("index");
+    run(Command::new("umoci").args(["repack", "--image", &image]).arg(&bundle));
+    run(Command::new("umoci").args([
+        "config",
+        "--image",
+        &image,
+        "--config.cmd",
+        "/bin/sh",
+        "--config.env",
+        "PATH=/bin",
+        "--architecture",
+        "amd64",
+        "--os",
+        "linux",
+    ]));
+    let tar = dir.join("busybox.tar");
+    run(Command::new("tar")
+        .arg("-cf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(&layout)
+        .args(["oci-layout", "index.json", "blobs"]));
+    tar
+}
