@@ -1,6 +1,7 @@
 //! The `bridge` and `loopback` CNI plugins.
 
 pub mod bridge;
+pub mod loopback;
 pub mod masq;
 pub mod masq_nft;
 pub mod netns;

@@ -98,8 +98,11 @@ fn podman_runs_a_container_on_our_plugins() {
         ),
     )
     .expect("storage.conf");
-    std::fs::write(h.join("registries.conf"), "unqualified-search-registries = []\n")
-        .expect("registries.conf");
+    std::fs::write(
+        h.join("registries.conf"),
+        "unqualified-search-registries = []\n",
+    )
+    .expect("registries.conf");
     std::fs::write(
         net_d.join("hn-net.conflist"),
         format!(
@@ -112,7 +115,10 @@ fn podman_runs_a_container_on_our_plugins() {
     )
     .expect("conflist");
 
-    let podman = Podman { node: &node, home: h };
+    let podman = Podman {
+        node: &node,
+        home: h,
+    };
     let tar = testbed::image::busybox_oci_tar(h);
     let copy = Command::new("skopeo")
         .arg("copy")
@@ -123,11 +129,26 @@ fn podman_runs_a_container_on_our_plugins() {
         .env("CONTAINERS_REGISTRIES_CONF", h.join("registries.conf"))
         .output()
         .expect("skopeo");
-    assert!(copy.status.success(), "{}", String::from_utf8_lossy(&copy.stderr));
+    assert!(
+        copy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&copy.stderr)
+    );
 
     let run = podman.run(&[
-        "run", "-d", "--name", "hn-web", "--network", "hn-net", "localhost/hn-busybox:latest",
-        "/bin/httpd", "-f", "-p", "8080", "-h", "/www",
+        "run",
+        "-d",
+        "--name",
+        "hn-web",
+        "--network",
+        "hn-net",
+        "localhost/hn-busybox:latest",
+        "/bin/httpd",
+        "-f",
+        "-p",
+        "8080",
+        "-h",
+        "/www",
     ]);
     let cleanup = || {
         let _ = podman.run(&["rm", "-f", "-t", "0", "hn-web"]);

@@ -5,9 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn run(cmd: &mut Command) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?}: {}",
@@ -22,7 +20,9 @@ pub fn busybox_oci_tar(dir: &Path) -> PathBuf {
     let layout = dir.join("oci");
     let bundle = dir.join("bundle");
     let image = format!("{}:latest", layout.display());
-    run(Command::new("umoci").args(["init", "--layout"]).arg(&layout));
+    run(Command::new("umoci")
+        .args(["init", "--layout"])
+        .arg(&layout));
     run(Command::new("umoci").args(["new", "--image", &image]));
     run(Command::new("umoci")
         .args(["unpack", "--rootless", "--image", &image])
@@ -40,7 +40,9 @@ pub fn busybox_oci_tar(dir: &Path) -> PathBuf {
     std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").expect("passwd");
     std::fs::write(root.join("etc/group"), "root:x:0:\n").expect("group");
     std::fs::write(root.join("www/index.html"), "hello from busybox\n").expect("index");
-    run(Command::new("umoci").args(["repack", "--image", &image]).arg(&bundle));
+    run(Command::new("umoci")
+        .args(["repack", "--image", &image])
+        .arg(&bundle));
     run(Command::new("umoci").args([
         "config",
         "--image",

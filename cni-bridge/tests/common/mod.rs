@@ -12,7 +12,7 @@ use testbed::{Call, Netns, Outcome};
 
 pub const PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// A directory with our `bridge` and `host-local`, as a
+/// A directory with our `bridge`, `loopback` and `host-local`, as a
 /// runtime's CNI_PATH would hold them.
 pub struct PluginDir {
     pub dir: TempDir,
@@ -22,6 +22,7 @@ impl PluginDir {
     pub fn ours() -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let bridge = PathBuf::from(env!("CARGO_BIN_EXE_bridge"));
+        let loopback = PathBuf::from(env!("CARGO_BIN_EXE_loopback"));
         let bin_dir = bridge.parent().expect("bin dir").to_path_buf();
         let host_local = bin_dir.join("host-local");
         if !host_local.exists() {
@@ -40,7 +41,11 @@ impl PluginDir {
                 .expect("cargo build host-local");
             assert!(st.success(), "building host-local failed");
         }
-        for (name, target) in [("bridge", bridge), ("host-local", host_local)] {
+        for (name, target) in [
+            ("bridge", bridge),
+            ("loopback", loopback),
+            ("host-local", host_local),
+        ] {
             std::os::unix::fs::symlink(&target, dir.path().join(name)).expect("symlink");
         }
         PluginDir { dir }

@@ -114,6 +114,13 @@ impl CniResult {
         }
     }
 
+    /// The 1.0 layout labelled with `version`, whatever the version: what
+    /// the reference loopback plugin prints (it builds a current result and
+    /// prints it without conversion), which runtimes have long accepted.
+    pub fn to_json_current_layout(&self, version: SpecVersion) -> Vec<u8> {
+        crate::json::to_go_pretty(&self.to_v1(version.as_str().to_string()))
+    }
+
     /// Parses a result of any version, e.g. a prevResult or an IPAM plugin's
     /// answer. Its own `cniVersion` decides the layout; `fallback` is used
     /// when it has none.
