@@ -434,3 +434,25 @@ fn gc_removes_what_no_valid_attachment_names_and_status_asks_ipam() {
     ok(node.call("bridge", "ADD", "only", Some(&s), &small));
     assert_eq!(status().error_code(), 50);
 }
+
+#[test]
+fn vlan_is_refused_clearly_and_creates_nothing() {
+    let node = Node::new("vl", PluginDir::ours());
+    for extra in [json!({"vlan": 100}), json!({"vlanTrunk": [{"id": 101}]})] {
+        let mut conf = tutorial("1.0.0");
+        for (k, v) in extra.as_object().expect("object") {
+            conf[k] = v.clone();
+        }
+        let c = Netns::new("c");
+        let out = node.call("bridge", "ADD", "web-002", Some(&c), &conf);
+        assert_eq!(out.error_code(), 7, "{out:?}");
+        assert!(
+            out.json()["msg"]
+                .as_str()
+                .unwrap_or("")
+                .contains("VLAN filtering")
+        );
+        assert!(node.host.try_sh("ip link show cni0").is_err());
+        assert!(!c.sh("ip -o link show").contains("eth0"));
+    }
+}

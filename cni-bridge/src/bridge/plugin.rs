@@ -22,7 +22,8 @@ fn load(req: &Request) -> Result<NetConf, CniError> {
     if conf.vlan != 0 || conf.vlan_trunk.is_some() {
         return Err(CniError::new(
             ErrorCode::InvalidNetworkConfig,
-            "vlan and vlanTrunk need bridge VLAN filtering, which this build does not program yet",
+            "vlan and vlanTrunk need bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING), \
+             which this build does not program yet: the kernels it is tested on lack it",
         ));
     }
     Ok(conf)
