@@ -151,9 +151,14 @@ impl Plugin for Loopback {
         add(req)
     }
 
-    /// The reference prints the current layout for every version.
-    fn print_result(&self, result: &CniResult, version: SpecVersion) -> Vec<u8> {
-        result.to_json_current_layout(version)
+    /// The reference prints its own result in the current layout for every
+    /// version, and a passed-through prevResult converted as usual.
+    fn print_result(&self, req: &Request, result: &CniResult, version: SpecVersion) -> Vec<u8> {
+        if req.header.prev_result.is_some() {
+            result.to_json(version)
+        } else {
+            result.to_json_current_layout(version)
+        }
     }
 
     fn del(&self, req: &Request) -> Result<(), CniError> {

@@ -154,3 +154,17 @@ fn never_touches_its_own_netns() {
         );
     }
 }
+
+#[test]
+fn chained_loopback_passes_the_previous_result_through_like_the_reference() {
+    let (ours, theirs) = (Node::new("lo", PluginDir::ours()), Node::new("lr", PluginDir::reference()));
+    let mut c = conf("0.3.1");
+    c["prevResult"] = json!({"cniVersion": "0.3.1",
+        "interfaces": [{"name": "eth0", "mac": "0a:58:0a:f4:01:02", "sandbox": "/run/netns/x"}],
+        "ips": [{"version": "4", "interface": 0, "address": "10.244.1.2/24", "gateway": "10.244.1.1"}],
+        "dns": {}});
+    let (a_ns, b_ns) = (Netns::new("la"), Netns::new("lb"));
+    let a = run(&ours, "ADD", Some(&a_ns), &c);
+    let b = run(&theirs, "ADD", Some(&b_ns), &c);
+    assert_eq!((a.code, &a.stdout), (b.code, &b.stdout), "{a:?} {b:?}");
+}

@@ -33,7 +33,7 @@ pub trait Plugin {
 
     /// How an ADD result is printed; the default converts it to the
     /// config's version, as the spec asks.
-    fn print_result(&self, result: &CniResult, version: SpecVersion) -> Vec<u8> {
+    fn print_result(&self, _req: &Request, result: &CniResult, version: SpecVersion) -> Vec<u8> {
         result.to_json(version)
     }
     fn del(&self, req: &Request) -> Result<(), CniError>;
@@ -166,7 +166,7 @@ fn handle<P: Plugin>(plugin: &P, env: CniEnv, stdin: &[u8]) -> Result<Vec<u8>, C
         version,
     };
     match req.env.command {
-        Command::Add => Ok(plugin.print_result(&plugin.add(&req)?, version)),
+        Command::Add => Ok(plugin.print_result(&req, &plugin.add(&req)?, version)),
         Command::Del => plugin.del(&req).map(|_| Vec::new()),
         Command::Check => plugin.check(&req).map(|_| Vec::new()),
         Command::Gc => plugin.gc(&req).map(|_| Vec::new()),
