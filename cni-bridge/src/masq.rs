@@ -146,6 +146,10 @@ fn run(tool: &'static str, args: &[&str], input: Option<&str>) -> Result<String,
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+fn of_family(addrs: &[IpNetwork], f: Family) -> Vec<&IpNetwork> {
+    addrs.iter().filter(|a| Family::of(a) == f).collect()
+}
+
 /// The nat table as `iptables-save` prints it.
 fn save_nat(f: Family) -> Result<String, MasqError> {
     run(f.save(), &["-t", "nat"], None)
@@ -180,7 +184,7 @@ pub fn setup(network: &str, container_id: &str, addrs: &[IpNetwork]) -> Result<(
     let chain = chain_name(network, container_id);
     let comment = quoted_comment(network, container_id);
     for f in [Family::V4, Family::V6] {
-        let mine: Vec<&IpNetwork> = addrs.iter().filter(|a| Family::of(a) == f).collect();
+        let mine = of_family(addrs, f);
         if mine.is_empty() {
             continue;
         }
@@ -237,7 +241,7 @@ pub fn teardown(
     let jump = format!(" -j {chain}");
     for f in [Family::V4, Family::V6] {
         if let Some(list) = addrs {
-            let mine: Vec<&IpNetwork> = list.iter().filter(|a| Family::of(a) == f).collect();
+            let mine = of_family(list, f);
             if mine.is_empty() {
                 continue;
             }
@@ -342,7 +346,7 @@ pub fn verify(network: &str, container_id: &str, addrs: &[IpNetwork]) -> Result<
     let chain = chain_name(network, container_id);
     let comment = quoted_comment(network, container_id);
     for f in [Family::V4, Family::V6] {
-        let mine: Vec<&IpNetwork> = addrs.iter().filter(|a| Family::of(a) == f).collect();
+        let mine = of_family(addrs, f);
         if mine.is_empty() {
             continue;
         }

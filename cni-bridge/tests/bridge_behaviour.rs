@@ -50,12 +50,8 @@ fn del_without_netns_still_removes_masquerade_and_lease() {
             drop(c);
             assert!(!path.exists());
             // The runtime still names the netns it used.
-            testbed::Call::new(node.plugins.path().join("bridge"), "DEL", "web-002")
-                .in_netns(&node.host)
-                .env("PATH", common::PATH)
-                .env("CNI_PATH", &node.plugins.path().display().to_string())
+            node.call_with("bridge", "DEL", "web-002", &conf)
                 .netns(&path.display().to_string())
-                .stdin(node.conf(&conf))
                 .run()
         } else {
             node.call("bridge", "DEL", "web-002", None, &conf)
@@ -115,13 +111,9 @@ fn two_interfaces_share_a_chain_and_del_of_one_keeps_the_other() {
     let c = Netns::new("c");
     let conf = tutorial("0.4.0");
     let call = |cmd: &str, ifname: &str| {
-        testbed::Call::new(node.plugins.path().join("bridge"), cmd, "web-002")
-            .in_netns(&node.host)
-            .env("PATH", common::PATH)
-            .env("CNI_PATH", &node.plugins.path().display().to_string())
+        node.call_with("bridge", cmd, "web-002", &conf)
             .netns(&c.path().display().to_string())
             .ifname(ifname)
-            .stdin(node.conf(&conf))
             .run()
     };
     let eth0 = ip_of(&ok(call("ADD", "eth0")));
@@ -299,12 +291,9 @@ fn nftables_masquerade_backend() {
     let chain = chain_name("bridge", "web-002");
     let c = Netns::new("c");
     let call = |cmd: &str, ifname: &str, netns: Option<&Netns>| {
-        let mut call = testbed::Call::new(node.plugins.path().join("bridge"), cmd, "web-002")
-            .in_netns(&node.host)
-            .env("PATH", common::PATH)
-            .env("CNI_PATH", &node.plugins.path().display().to_string())
-            .ifname(ifname)
-            .stdin(node.conf(&conf));
+        let mut call = node
+            .call_with("bridge", cmd, "web-002", &conf)
+            .ifname(ifname);
         call = match netns {
             Some(ns) => call.netns(&ns.path().display().to_string()),
             None => call.unset("CNI_NETNS"),
@@ -327,12 +316,9 @@ fn nftables_masquerade_backend() {
     // CHECK sees the map entry; a repeated ADD of a second interface shares the chain.
     let mut with_prev = conf.clone();
     with_prev["prevResult"] = add.json();
-    let check = testbed::Call::new(node.plugins.path().join("bridge"), "CHECK", "web-002")
-        .in_netns(&node.host)
-        .env("PATH", common::PATH)
-        .env("CNI_PATH", &node.plugins.path().display().to_string())
+    let check = node
+        .call_with("bridge", "CHECK", "web-002", &with_prev)
         .netns(&c.path().display().to_string())
-        .stdin(node.conf(&with_prev))
         .run();
     ok(check);
     let ip2 = ip_of(&ok(call("ADD", "net1", Some(&c))));
@@ -385,13 +371,10 @@ fn gc_removes_what_no_valid_attachment_names_and_status_asks_ipam() {
         ok(node.call("bridge", "ADD", "leak", Some(&b), &conf));
         let mut gc = conf.clone();
         gc["cni.dev/valid-attachments"] = json!([{"containerID": "keep", "ifname": "eth0"}]);
-        let out = testbed::Call::new(node.plugins.path().join("bridge"), "GC", "")
-            .in_netns(&node.host)
-            .env("PATH", common::PATH)
-            .env("CNI_PATH", &node.plugins.path().display().to_string())
+        let out = node
+            .call_with("bridge", "GC", "", &gc)
             .unset("CNI_NETNS")
             .unset("CNI_IFNAME")
-            .stdin(node.conf(&gc))
             .run();
         ok(out);
         let rules = if backend == "iptables" {
@@ -420,13 +403,9 @@ fn gc_removes_what_no_valid_attachment_names_and_status_asks_ipam() {
     small["bridge"] = json!("cni1");
     small["ipam"]["ranges"] = json!([[{"subnet": "10.9.0.0/30"}]]);
     let status = || {
-        testbed::Call::new(node.plugins.path().join("bridge"), "STATUS", "")
-            .in_netns(&node.host)
-            .env("PATH", common::PATH)
-            .env("CNI_PATH", &node.plugins.path().display().to_string())
+        node.call_with("bridge", "STATUS", "", &small)
             .unset("CNI_NETNS")
             .unset("CNI_IFNAME")
-            .stdin(node.conf(&small))
             .run()
     };
     ok(status());

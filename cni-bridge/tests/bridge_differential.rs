@@ -184,12 +184,9 @@ fn bad_input_matches_the_reference() {
     let gone_path = gone.path();
     drop(gone);
     for node in [&p.ours, &p.theirs] {
-        let out = testbed::Call::new(node.plugins.path().join("bridge"), "ADD", "web-002")
-            .in_netns(&node.host)
-            .env("PATH", common::PATH)
-            .env("CNI_PATH", &node.plugins.path().display().to_string())
+        let out = node
+            .call_with("bridge", "ADD", "web-002", &conf)
             .netns(&gone_path.display().to_string())
-            .stdin(node.conf(&conf))
             .run();
         assert_ne!(out.code, 0, "{out:?}");
         assert_eq!(out.error_code(), 999, "{out:?}");

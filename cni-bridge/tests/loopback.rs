@@ -157,7 +157,10 @@ fn never_touches_its_own_netns() {
 
 #[test]
 fn chained_loopback_passes_the_previous_result_through_like_the_reference() {
-    let (ours, theirs) = (Node::new("lo", PluginDir::ours()), Node::new("lr", PluginDir::reference()));
+    let (ours, theirs) = (
+        Node::new("lo", PluginDir::ours()),
+        Node::new("lr", PluginDir::reference()),
+    );
     let mut c = conf("0.3.1");
     c["prevResult"] = json!({"cniVersion": "0.3.1",
         "interfaces": [{"name": "eth0", "mac": "0a:58:0a:f4:01:02", "sandbox": "/run/netns/x"}],

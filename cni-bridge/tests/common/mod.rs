@@ -91,6 +91,16 @@ impl Node {
         c.to_string()
     }
 
+    /// A call of `plugin` on this node, with PATH, CNI_PATH and the config;
+    /// tests add the netns, ifname or CNI_ARGS they need.
+    pub fn call_with(&self, plugin: &str, cmd: &str, id: &str, conf: &Value) -> Call {
+        Call::new(self.plugins.path().join(plugin), cmd, id)
+            .in_netns(&self.host)
+            .env("PATH", PATH)
+            .env("CNI_PATH", &self.plugins.path().display().to_string())
+            .stdin(self.conf(conf))
+    }
+
     pub fn call(
         &self,
         plugin: &str,
@@ -99,16 +109,12 @@ impl Node {
         netns: Option<&Netns>,
         conf: &Value,
     ) -> Outcome {
-        let mut call = Call::new(self.plugins.path().join(plugin), cmd, id)
-            .in_netns(&self.host)
-            .env("PATH", PATH)
-            .env("CNI_PATH", &self.plugins.path().display().to_string())
-            .stdin(self.conf(conf));
-        call = match netns {
+        let call = self.call_with(plugin, cmd, id, conf);
+        match netns {
             Some(ns) => call.netns(&ns.path().display().to_string()),
             None => call.unset("CNI_NETNS"),
-        };
-        call.run()
+        }
+        .run()
     }
 
     /// Leases of network `net`.
