@@ -18,7 +18,7 @@ use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressSco
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State,
 };
-use netlink_packet_route::route::RouteProtocol;
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
 use rtnetlink::{
     Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth,
     RouteMessageBuilder,
@@ -123,6 +123,14 @@ fn kind_name(k: &InfoKind) -> String {
         InfoKind::Bridge => "bridge".into(),
         InfoKind::Veth => "veth".into(),
         other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
+    match a {
+        RouteAddress::Inet(v4) => Some(IpAddr::V4(*v4)),
+        RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
+        _ => None,
     }
 }
 
@@ -383,6 +391,45 @@ impl Netlink {
             }
             Ok(())
         })
+    }
+
+    /// Main-table routes through link `index`: destination and gateway.
+    pub fn routes(&self, index: u32) -> Result<Vec<(IpNetwork, Option<IpAddr>)>, NlError> {
+        let mut out = Vec::new();
+        for v6 in [false, true] {
+            let filter = if v6 {
+                RouteMessageBuilder::<std::net::Ipv6Addr>::new().build()
+            } else {
+                RouteMessageBuilder::<std::net::Ipv4Addr>::new().build()
+            };
+            let h = self.handle.clone();
+            let msgs: Vec<RouteMessage> =
+                self.run(async move { h.route().get(filter).execute().try_collect().await })?;
+            for m in msgs {
+                let mut dev = None;
+                let (mut dst, mut gw) = (None, None);
+                for a in &m.attributes {
+                    match a {
+                        RouteAttribute::Oif(i) => dev = Some(*i),
+                        RouteAttribute::Destination(d) => dst = route_ip(d),
+                        RouteAttribute::Gateway(g) => gw = route_ip(g),
+                        _ => {}
+                    }
+                }
+                if dev != Some(index) {
+                    continue;
+                }
+                let dst = dst.unwrap_or(if v6 {
+                    IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED)
+                } else {
+                    IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)
+                });
+                if let Ok(net) = IpNetwork::new(dst, m.header.destination_prefix_length) {
+                    out.push((net, gw));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The family of a network as netlink numbers it.

@@ -435,3 +435,53 @@ fn vlan_is_refused_clearly_and_creates_nothing() {
         assert!(!c.sh("ip -o link show").contains("eth0"));
     }
 }
+
+#[test]
+fn check_compares_the_previous_result_with_the_kernel() {
+    let node = Node::new("ck", PluginDir::ours());
+    let conf = tutorial("1.0.0");
+    let c = Netns::new("c");
+    let add = ok(node.call("bridge", "ADD", "web-002", Some(&c), &conf));
+    let mut with_prev = conf.clone();
+    with_prev["prevResult"] = add.json();
+    let check = || node.call("bridge", "CHECK", "web-002", Some(&c), &with_prev);
+    ok(check());
+    // Each break of the attachment is found.
+    let chain = chain_name("bridge", "web-002");
+    let ip = ip_of(&add);
+    type Step<'a> = Box<dyn Fn() + 'a>;
+    let breaks: [(&str, Step, Step); 3] = [
+        (
+            "route",
+            Box::new(|| {
+                c.sh("ip route del default");
+            }),
+            Box::new(|| {
+                c.sh("ip route add default via 10.244.1.1 dev eth0");
+            }),
+        ),
+        (
+            "masquerade",
+            Box::new(|| {
+                node.host.sh(&format!("iptables -t nat -D POSTROUTING -s {ip}/32 -m comment --comment 'name: \"bridge\" id: \"web-002\"' -j {chain}"));
+            }),
+            Box::new(|| {
+                node.host.sh(&format!("iptables -t nat -A POSTROUTING -s {ip}/32 -m comment --comment 'name: \"bridge\" id: \"web-002\"' -j {chain}"));
+            }),
+        ),
+        (
+            "address",
+            Box::new(|| {
+                c.sh(&format!("ip addr del {ip}/24 dev eth0"));
+            }),
+            Box::new(|| {}),
+        ),
+    ];
+    for (what, break_it, mend) in breaks {
+        break_it();
+        let out = check();
+        assert!(!out.success(), "CHECK missed a broken {what}: {out:?}");
+        mend();
+    }
+    ok(node.call("bridge", "DEL", "web-002", Some(&c), &conf));
+}

@@ -285,3 +285,39 @@ fn force_address_matches_the_reference() {
     p.step("ADD with forceAddress", "ADD", &forced, true);
     p.step("DEL", "DEL", &forced, true);
 }
+
+#[test]
+fn del_without_the_netns_answers_like_the_reference_but_cleans_up() {
+    for gone in [true, false] {
+        let mut p = Pair::new();
+        let conf = tutorial("0.4.0");
+        p.step("ADD", "ADD", &conf, true);
+        let (a, b) = if gone {
+            // The runtime still names the netns it had.
+            let (a_path, b_path) = (p.ours_c.path(), p.theirs_c.path());
+            p.ours_c = Netns::new("co");
+            p.theirs_c = Netns::new("cr");
+            let del = |node: &Node, path: &std::path::Path| {
+                node.call_with("bridge", "DEL", "web-002", &conf)
+                    .netns(&path.display().to_string())
+                    .run()
+            };
+            (del(&p.ours, &a_path), del(&p.theirs, &b_path))
+        } else {
+            (
+                p.ours.call("bridge", "DEL", "web-002", None, &conf),
+                p.theirs.call("bridge", "DEL", "web-002", None, &conf),
+            )
+        };
+        assert_eq!(
+            (a.code, &a.stdout),
+            (b.code, &b.stdout),
+            "gone={gone}: {a:?} {b:?}"
+        );
+        // Both released the lease; only ours removed the masquerade chain.
+        assert_eq!(p.ours.leases("bridge"), p.theirs.leases("bridge"));
+        let chain = cni_bridge::masq::chain_name("bridge", "web-002");
+        assert!(!p.ours.host.sh("iptables-save -t nat").contains(&chain));
+        assert!(p.theirs.host.sh("iptables-save -t nat").contains(&chain));
+    }
+}

@@ -310,12 +310,16 @@ fn check(req: &Request) -> Result<(), CniError> {
         .filter(|ip| ip.interface.is_none_or(|n| n == cont_idx))
         .map(|ip| ip.address)
         .collect();
-    let (mac, addrs) = netns::run_in(Path::new(&req.env.netns), || {
+    let (mac, addrs, routes) = netns::run_in(Path::new(&req.env.netns), || {
         let nl = Netlink::open()?;
         let link = nl.link_by_name(ifname)?;
         match link {
-            Some(l) => Ok((Some(l.mac_string()), nl.addrs(l.index)?)),
-            None => Ok((None, Vec::new())),
+            Some(l) => Ok((
+                Some(l.mac_string()),
+                nl.addrs(l.index)?,
+                nl.routes(l.index)?,
+            )),
+            None => Ok((None, Vec::new(), Vec::new())),
         }
     })
     .map_err(ns_err)?
@@ -332,6 +336,14 @@ fn check(req: &Request) -> Result<(), CniError> {
         if !addrs.iter().any(|(a, _)| a == ip) {
             return Err(CniError::internal(format!(
                 "Failed to match addr {ip} on interface {ifname}"
+            )));
+        }
+    }
+    for r in &prev.routes {
+        if !routes.iter().any(|(dst, _)| *dst == r.dst) {
+            return Err(CniError::internal(format!(
+                "Failed to match route {} on interface {ifname}",
+                r.dst
             )));
         }
     }
