@@ -4,8 +4,10 @@ pub mod bridge;
 pub mod loopback;
 pub mod masq;
 pub mod masq_nft;
-pub mod netns;
 pub mod nft;
 pub mod nl;
 pub mod spoofcheck;
 pub mod sysctl;
+
+/// Re-exported so `cni_bridge::netns` keeps working for callers.
+pub use netkit::netns;

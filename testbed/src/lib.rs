@@ -2,10 +2,12 @@
 //! runtime does, find the Go reference plugins, and snapshot directories so
 //! two runs can be compared file by file.
 
+pub mod cluster;
 pub mod image;
 pub mod netns;
 pub mod plugin;
 pub mod snapshot;
+pub mod testdata;
 
 pub use netns::Netns;
 pub use plugin::{Call, Outcome, reference_plugin};

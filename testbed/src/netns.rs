@@ -13,11 +13,43 @@ pub struct Netns {
     name: String,
 }
 
+/// The prefix of every netns a test process makes: `tb-<pid>-`. The PID
+/// lets a later run find and delete what a killed run left.
+pub fn run_prefix() -> String {
+    format!("tb-{}-", std::process::id())
+}
+
+/// Deletes namespaces left by test processes that are gone (killed runs).
+pub fn reap_stale() {
+    let Ok(out) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let name = line.split_whitespace().next().unwrap_or("");
+        let Some(pid) = name
+            .strip_prefix("tb-")
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = Command::new("ip").args(["netns", "del", name]).output();
+        }
+    }
+}
+
 impl Netns {
-    /// `tb-<tag>-<pid>-<n>`, with `lo` up.
+    /// `tb-<pid>-<tag>-<n>`, with `lo` up.
     pub fn new(tag: &str) -> Self {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let name = format!("tb-{tag}-{}-{n}", std::process::id());
+        Self::named(&format!("{}{tag}-{n}", run_prefix()))
+    }
+
+    /// A netns with exactly this name (which should start with
+    /// [`run_prefix`]), with `lo` up.
+    pub fn named(name: &str) -> Self {
+        let name = name.to_string();
         let out = Command::new("ip")
             .args(["netns", "add", &name])
             .output()
@@ -51,6 +83,12 @@ impl Netns {
         } else {
             Err(String::from_utf8_lossy(&out.stderr).into_owned())
         }
+    }
+
+    /// Runs `f` on a thread inside this netns.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        netkit::netns::run_in(&self.path(), f)
+            .unwrap_or_else(|e| panic!("entering netns {}: {e}", self.name))
     }
 
     /// Like [`Netns::try_sh`], panicking on failure.

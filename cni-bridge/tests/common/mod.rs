@@ -127,12 +127,11 @@ impl Node {
     }
 }
 
-/// The tutorial's network config.
+/// The tutorial's network config (testdata/cni/10-bridge.conf) in `version`.
 pub fn tutorial(version: &str) -> Value {
-    json!({"cniVersion": version, "name": "bridge", "type": "bridge", "bridge": "cni0",
-           "isGateway": true, "ipMasq": true,
-           "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.1.0/24"}]],
-                    "routes": [{"dst": "0.0.0.0/0"}]}})
+    let mut c = testbed::testdata::cni_conf("10-bridge.conf");
+    c["cniVersion"] = json!(version);
+    c
 }
 
 fn is_mac(s: &str) -> bool {
