@@ -9,7 +9,8 @@ APT_PACKAGES=(
   iptables                    # iptables-restore/-save: bridge ipMasq
   nftables                    # nft: macspoofchk, the nftables masquerade backend, tests
   podman                      # a real CNI client for the bridge tests
-  runc                        # podman's runtime here (crun refuses hybrid cgroups)
+  runc                        # the OCI runtime of podman and containerd here (crun refuses hybrid cgroups)
+  containerd                  # private containerd per emulated node (testbed, pod-runner)
   skopeo                      # copies test images into podman's storage
   umoci                       # builds the test images (no registry is reachable)
   busybox-static              # the test images' userland

@@ -12,4 +12,8 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# Static binaries for the test images (pause, web) and the shipped plugins.
+TESTBED_STATIC_DIR=$(./scripts/build-plugins.sh -p pod-runner -p testbed)
+export TESTBED_STATIC_DIR
 cargo test --workspace --locked
+./scripts/leftovers.sh

@@ -65,3 +65,69 @@ pub fn busybox_oci_tar(dir: &Path) -> PathBuf {
         .args(["oci-layout", "index.json", "blobs"]));
     tar
 }
+
+/// Where `./scripts/build-plugins.sh` put the statically linked binaries
+/// (`TESTBED_STATIC_DIR`, which `./scripts/test.sh` sets). Panics with the
+/// way to build them when `name` is not there.
+pub fn static_bin(name: &str) -> PathBuf {
+    let dir = std::env::var_os("TESTBED_STATIC_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            panic!(
+                "TESTBED_STATIC_DIR is not set: run the suite with ./scripts/test.sh, or export \
+             TESTBED_STATIC_DIR=$(./scripts/build-plugins.sh -p pod-runner -p testbed)"
+            )
+        });
+    let bin = dir.join(name);
+    assert!(
+        bin.is_file(),
+        "{} is missing: build it with ./scripts/build-plugins.sh -p pod-runner -p testbed",
+        bin.display()
+    );
+    bin
+}
+
+/// An OCI-layout tar at `<dir>/<name>.tar` holding one static binary at
+/// `/<name>` as the image's entrypoint, tagged `latest`; `ctr images
+/// import` and containerd's import API accept it.
+pub fn single_binary_oci_tar(dir: &Path, name: &str, bin: &Path) -> PathBuf {
+    let work = dir.join(format!("{name}-build"));
+    let layout = work.join("oci");
+    let bundle = work.join("bundle");
+    let image = format!("{}:latest", layout.display());
+    run(Command::new("umoci")
+        .args(["init", "--layout"])
+        .arg(&layout));
+    run(Command::new("umoci").args(["new", "--image", &image]));
+    run(Command::new("umoci")
+        .args(["unpack", "--rootless", "--image", &image])
+        .arg(&bundle));
+    let root = bundle.join("rootfs");
+    std::fs::copy(bin, root.join(name)).expect("copy binary");
+    for d in ["etc", "tmp", "proc", "sys", "dev"] {
+        std::fs::create_dir_all(root.join(d)).expect("mkdir");
+    }
+    run(Command::new("umoci")
+        .args(["repack", "--image", &image])
+        .arg(&bundle));
+    run(Command::new("umoci").args([
+        "config",
+        "--image",
+        &image,
+        "--config.entrypoint",
+        &format!("/{name}"),
+        "--architecture",
+        "amd64",
+        "--os",
+        "linux",
+    ]));
+    let tar = dir.join(format!("{name}.tar"));
+    run(Command::new("tar")
+        .arg("-cf")
+        .arg(&tar)
+        .arg("-C")
+        .arg(&layout)
+        .args(["oci-layout", "index.json", "blobs"]));
+    let _ = std::fs::remove_dir_all(&work);
+    tar
+}

@@ -3,6 +3,7 @@
 //! two runs can be compared file by file.
 
 pub mod cluster;
+pub mod containerd;
 pub mod image;
 pub mod netns;
 pub mod plugin;

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Fails when the test suite left anything of ours running or configured:
+# network namespaces (tb-*, cb-*), containerd or shims started from our
+# temporary state dirs, qemu, or an API server stand-in.
+set -uo pipefail
+left=0
+ns=$(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^(tb-|cb-)' || true)
+if [[ -n "$ns" ]]; then
+  echo "leftover network namespaces: $ns" >&2
+  left=1
+fi
+procs=$(pgrep -af 'containerd .*--config .*/tb-ctrd-|containerd-shim-runc-v2 .*tb-ctrd-|qemu-system-x86_64|testbed apiserver' || true)
+if [[ -n "$procs" ]]; then
+  echo "leftover processes:" >&2
+  echo "$procs" >&2
+  left=1
+fi
+mounts=$(grep -E 'tb-ctrd-' /proc/self/mounts || true)
+if [[ -n "$mounts" ]]; then
+  echo "leftover mounts:" >&2
+  echo "$mounts" >&2
+  left=1
+fi
+exit $left

@@ -1,0 +1,118 @@
+//! A private containerd runs the `web` test image in a new netns, and it
+//! answers; stopping it leaves no task, shim or mount behind.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::Duration;
+
+use testbed::Netns;
+use testbed::containerd::Containerd;
+use testbed::image::{single_binary_oci_tar, static_bin};
+
+fn get(ns: &Netns, addr: SocketAddr) -> String {
+    ns.run(|| {
+        let mut last = None;
+        for _ in 0..50 {
+            match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+                Ok(mut s) => {
+                    s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+                    let mut out = String::new();
+                    s.read_to_string(&mut out)?;
+                    return Ok(out);
+                }
+                Err(e) => last = Some(e),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(last.unwrap_or_else(|| std::io::Error::other("no attempt")))
+    })
+    .unwrap_or_else(|e| panic!("GET {addr}: {e}"))
+}
+
+#[test]
+fn private_containerd_runs_the_web_image_in_a_new_netns() {
+    let work = tempfile::tempdir().expect("tempdir");
+    let tar = single_binary_oci_tar(work.path(), "web", &static_bin("web"));
+    let pause_tar = single_binary_oci_tar(work.path(), "pause", &static_bin("pause"));
+    let state = tempfile::Builder::new()
+        .prefix("tb-ctrd-")
+        .tempdir_in("/var/tmp")
+        .expect("state dir");
+    let mut ctrd = Containerd::start(state.path(), None, std::path::Path::new("/usr/lib/cni"));
+    let tar_s = tar.display().to_string();
+    ctrd.ctr_ok(&["images", "import", "--base-name", "localhost/web", &tar_s]);
+    let pause_s = pause_tar.display().to_string();
+    ctrd.ctr_ok(&[
+        "images",
+        "import",
+        "--base-name",
+        "localhost/pause",
+        &pause_s,
+    ]);
+    let images = ctrd.ctr_ok(&["images", "ls", "-q"]);
+    assert!(images.contains("localhost/web:latest"), "{images}");
+    assert!(images.contains("localhost/pause:latest"), "{images}");
+
+    let pod = Netns::new("web");
+    let with_ns = format!("network:{}", pod.path().display());
+    ctrd.ctr_ok(&[
+        "run",
+        "-d",
+        "--with-ns",
+        &with_ns,
+        "localhost/web:latest",
+        "web1",
+    ]);
+    let answer = get(&pod, "127.0.0.1:8080".parse().expect("addr"));
+    assert!(answer.starts_with("HTTP/1.0 200 OK"), "{answer}");
+    let body = answer
+        .split("\r\n\r\n")
+        .nth(1)
+        .unwrap_or("")
+        .trim()
+        .to_string();
+    assert!(!body.is_empty(), "answers with its hostname: {answer}");
+
+    // pause: exits 0 on SIGTERM.
+    ctrd.ctr_ok(&["run", "-d", "localhost/pause:latest", "pause1"]);
+    ctrd.ctr_ok(&["tasks", "kill", "-s", "SIGTERM", "pause1"]);
+    let mut status = String::new();
+    for _ in 0..50 {
+        status = ctrd.ctr_ok(&["tasks", "ls"]);
+        if status
+            .lines()
+            .any(|l| l.starts_with("pause1") && l.contains("STOPPED"))
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        status
+            .lines()
+            .any(|l| l.starts_with("pause1") && l.contains("STOPPED")),
+        "{status}"
+    );
+    let exit = ctrd.ctr_ok(&["tasks", "delete", "pause1"]);
+    assert!(
+        !exit.contains("exit status") || exit.contains("exit status 0"),
+        "{exit}"
+    );
+
+    let socket = ctrd.socket().display().to_string();
+    ctrd.stop();
+    let shims = Command::new("pgrep")
+        .args([
+            "-f",
+            &format!("containerd-shim-runc-v2 .*-address {socket}"),
+        ])
+        .output()
+        .expect("pgrep");
+    assert!(shims.stdout.is_empty(), "shims left: {:?}", shims);
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    assert!(
+        !mounts.contains(&*state.path().to_string_lossy()),
+        "mounts left"
+    );
+}
