@@ -2,6 +2,7 @@
 //! runtime does, find the Go reference plugins, and snapshot directories so
 //! two runs can be compared file by file.
 
+pub mod apiserver;
 pub mod cluster;
 pub mod containerd;
 pub mod image;

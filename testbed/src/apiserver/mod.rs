@@ -1,0 +1,241 @@
+//! A stand-in for kube-apiserver, for tests and the demo: HTTPS with client
+//! certificates on loopback, the resources pod-runner and node-sync use,
+//! and the semantics they rely on (resourceVersion, list+watch, selectors,
+//! status subresources, strategic merge patch, bindings, graceful pod
+//! deletion, Status errors, discovery). See `docs/apiserver.md` for what
+//! it does differently from the real server.
+
+mod auth;
+mod meta;
+mod pki;
+mod resources;
+mod select;
+mod server;
+mod smp;
+mod store;
+mod table;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Value, json};
+
+pub use pki::Identity;
+use pki::Pki;
+pub use store::Store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{res} \"{name}\" not found")]
+    NotFound { res: String, name: String },
+    #[error("namespaces \"{0}\" not found")]
+    NotFoundNamespace(String),
+    #[error("{res} \"{name}\" already exists")]
+    AlreadyExists { res: String, name: String },
+    #[error(
+        "Operation cannot be fulfilled on {res} \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
+    )]
+    Conflict { res: String, name: String },
+    #[error("{msg}")]
+    ConflictMsg {
+        res: String,
+        name: String,
+        msg: String,
+    },
+    #[error("{kind} \"{name}\" is invalid: {}", causes.iter().map(|c| format!("{}: {}", c.0, c.2)).collect::<Vec<_>>().join(", "))]
+    Invalid {
+        kind: String,
+        name: String,
+        causes: Vec<(String, &'static str, String)>,
+    },
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Gone(String),
+    #[error("the server does not allow this method on the requested resource")]
+    MethodNotAllowed,
+    #[error("the server could not find the requested resource")]
+    NoRoute,
+    #[error(
+        "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json"
+    )]
+    UnsupportedMediaType,
+    #[error("tls: {0}")]
+    Tls(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl ApiError {
+    pub fn not_found(r: &resources::Resource, name: &str) -> Self {
+        ApiError::NotFound {
+            res: r.qualified(),
+            name: name.to_string(),
+        }
+    }
+
+    /// The HTTP code and the `Status` object the real server would send.
+    pub fn status(&self) -> (u16, Value) {
+        let (code, reason) = match self {
+            ApiError::NotFound { .. } | ApiError::NotFoundNamespace(_) | ApiError::NoRoute => {
+                (404, "NotFound")
+            }
+            ApiError::AlreadyExists { .. } => (409, "AlreadyExists"),
+            ApiError::Conflict { .. } | ApiError::ConflictMsg { .. } => (409, "Conflict"),
+            ApiError::Invalid { .. } => (422, "Invalid"),
+            ApiError::BadRequest(_) => (400, "BadRequest"),
+            ApiError::Forbidden(_) => (403, "Forbidden"),
+            ApiError::Gone(_) => (410, "Expired"),
+            ApiError::MethodNotAllowed => (405, "MethodNotAllowed"),
+            ApiError::UnsupportedMediaType => (415, "UnsupportedMediaType"),
+            ApiError::Tls(_) | ApiError::Io(_) => (500, "InternalError"),
+        };
+        let mut s = json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                           "status": "Failure", "message": self.to_string(), "reason": reason, "code": code});
+        match self {
+            ApiError::NotFound { res, name }
+            | ApiError::AlreadyExists { res, name }
+            | ApiError::Conflict { res, name }
+            | ApiError::ConflictMsg { res, name, .. } => {
+                let (kind, group) = res.split_once('.').unwrap_or((res, ""));
+                s["details"] = json!({"name": name, "kind": kind});
+                if !group.is_empty() {
+                    s["details"]["group"] = json!(group);
+                }
+            }
+            ApiError::NotFoundNamespace(ns) => {
+                s["details"] = json!({"name": ns, "kind": "namespaces"})
+            }
+            ApiError::Invalid { kind, name, causes } => {
+                let causes: Vec<Value> = causes
+                    .iter()
+                    .map(|(f, r, m)| json!({"reason": r, "message": m, "field": f}))
+                    .collect();
+                s["details"] = json!({"name": name, "kind": kind, "causes": causes});
+            }
+            _ => {}
+        }
+        (code, s)
+    }
+}
+
+/// A running stand-in. Dropping it stops the server.
+pub struct ApiServer {
+    pub addr: SocketAddr,
+    pki: Arc<Pki>,
+    store: Arc<Mutex<Store>>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ApiServer {
+    /// Starts on 127.0.0.1 (port 0 picks a free one), on its own thread and
+    /// runtime. With `state`, objects are loaded from and saved to that file.
+    pub fn start(port: u16, state: Option<PathBuf>) -> Result<Self, ApiError> {
+        let pki = Arc::new(Pki::new()?);
+        let mut store = Store::new();
+        if let Some(path) = &state
+            && let Ok(text) = std::fs::read_to_string(path)
+            && let Ok(saved) = serde_json::from_str::<Value>(&text)
+        {
+            store.restore(&saved);
+        }
+        let store = Arc::new(Mutex::new(store));
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let config = server::tls_config(&pki)?;
+        let (p2, s2) = (pki.clone(), store.clone());
+        let thread = std::thread::Builder::new()
+            .name("apiserver".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(2)
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        eprintln!("apiserver runtime: {e}");
+                        return;
+                    }
+                };
+                rt.block_on(server::serve(listener, config, p2, s2, state, rx));
+            })?;
+        Ok(ApiServer {
+            addr,
+            pki,
+            store,
+            shutdown: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    pub fn ca_pem(&self) -> &str {
+        &self.pki.ca_pem
+    }
+
+    /// A kubeconfig for `user` in `groups`, with the certificate inline.
+    pub fn kubeconfig(&self, user: &str, groups: &[&str]) -> Result<String, ApiError> {
+        let (cert, key) = self.pki.client(user, groups)?;
+        let b64 = |s: &str| base64(s.as_bytes());
+        Ok(format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: testbed\n  cluster:\n    server: {url}\n    certificate-authority-data: {ca}\nusers:\n- name: {user}\n  user:\n    client-certificate-data: {cert}\n    client-key-data: {key}\ncontexts:\n- name: {user}@testbed\n  context:\n    cluster: testbed\n    user: {user}\ncurrent-context: {user}@testbed\n",
+            url = self.url(),
+            ca = b64(&self.pki.ca_pem),
+            cert = b64(&cert),
+            key = b64(&key),
+        ))
+    }
+
+    /// Writes the admin kubeconfig and one per node into `dir`:
+    /// `admin.kubeconfig` and `<node>.kubeconfig` (`system:node:<node>`).
+    pub fn write_kubeconfigs(&self, dir: &Path, nodes: &[&str]) -> Result<Vec<PathBuf>, ApiError> {
+        std::fs::create_dir_all(dir)?;
+        let mut out = Vec::new();
+        let admin = dir.join("admin.kubeconfig");
+        std::fs::write(
+            &admin,
+            self.kubeconfig("kubernetes-admin", &["system:masters"])?,
+        )?;
+        out.push(admin);
+        for n in nodes {
+            let p = dir.join(format!("{n}.kubeconfig"));
+            std::fs::write(
+                &p,
+                self.kubeconfig(&format!("system:node:{n}"), &["system:nodes"])?,
+            )?;
+            out.push(p);
+        }
+        Ok(out)
+    }
+
+    /// The store, for tests that look behind the API.
+    pub fn store(&self) -> Arc<Mutex<Store>> {
+        self.store.clone()
+    }
+}
+
+impl Drop for ApiServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn base64(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
