@@ -507,3 +507,44 @@ fn kubectl_works_against_it() {
         "{ep}"
     );
 }
+
+#[test]
+fn the_testbed_binary_serves_until_sigterm() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_testbed"))
+        .args(["apiserver", "--port", "0", "--dir"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("testbed");
+    let out = child.stdout.take().expect("stdout");
+    let lines: Vec<String> = std::io::BufReader::new(out)
+        .lines()
+        .take(4)
+        .map(|l| l.expect("line"))
+        .collect();
+    assert!(
+        lines[0].starts_with("serving https://127.0.0.1:"),
+        "{lines:?}"
+    );
+    let kc = dir.path().join("inajob.kubeconfig");
+    let got = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&kc)
+        .args(["get", "pods", "-A"])
+        .output()
+        .expect("kubectl");
+    assert!(
+        got.status.success(),
+        "{}",
+        String::from_utf8_lossy(&got.stderr)
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("kill");
+    let st = child.wait().expect("wait");
+    assert!(st.success(), "{st:?}");
+}
