@@ -95,6 +95,11 @@ state = "{d}/state"
         c
     }
 
+    /// containerd's PID (nsenter execs it, so it is the child itself).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or(0)
+    }
+
     pub fn socket(&self) -> PathBuf {
         self.dir.join("containerd.sock")
     }

@@ -116,3 +116,44 @@ fn private_containerd_runs_the_web_image_in_a_new_netns() {
         "mounts left"
     );
 }
+
+#[test]
+fn each_node_runs_its_own_containerd_and_serves_across_the_lan() {
+    use testbed::cluster::{Cluster, INAJOB, YUANYING};
+    let cluster = Cluster::tutorial("ctrd");
+    let work = tempfile::tempdir().expect("tempdir");
+    let tar = single_binary_oci_tar(work.path(), "web", &static_bin("web"));
+    let tar_s = tar.display().to_string();
+    let inajob = cluster.node(INAJOB.0);
+    let state = tempfile::Builder::new()
+        .prefix("tb-ctrd-")
+        .tempdir_in("/var/tmp")
+        .expect("state");
+    let ctrd = Containerd::start(
+        state.path(),
+        Some(&inajob.ns),
+        std::path::Path::new("/usr/lib/cni"),
+    );
+    // containerd itself runs in the node's netns.
+    let pid = ctrd.pid();
+    let theirs = std::fs::read_link(format!("/proc/{pid}/ns/net")).expect("ns link");
+    let node_ns = inajob
+        .run(|| std::fs::read_link("/proc/thread-self/ns/net"))
+        .expect("ns link");
+    assert_eq!(theirs, node_ns);
+    ctrd.ctr_ok(&["images", "import", "--base-name", "localhost/web", &tar_s]);
+    let with_ns = format!("network:{}", inajob.ns.path().display());
+    ctrd.ctr_ok(&[
+        "run",
+        "-d",
+        "--with-ns",
+        &with_ns,
+        "localhost/web:latest",
+        "web-on-inajob",
+    ]);
+    let answer = get(
+        &cluster.node(YUANYING.0).ns,
+        SocketAddr::from((INAJOB.1, 8080)),
+    );
+    assert!(answer.starts_with("HTTP/1.0 200 OK"), "{answer}");
+}
