@@ -501,6 +501,8 @@ fn kubectl_works_against_it() {
         pods.contains("web-001") && pods.contains("Pending") && pods.contains("NODE"),
         "{pods}"
     );
+    let ns = kubectl(&["get", "ns"]);
+    assert!(ns.contains("STATUS") && ns.contains("Active"), "{ns}");
     let ep = kubectl(&["get", "ep"]);
     assert!(
         ep.contains("web-service") && ep.contains("10.244.2.2:8080"),

@@ -68,6 +68,8 @@ fn columns(r: &Resource) -> Vec<(&'static str, u8)> {
             ("Selector", 1),
         ],
         "endpoints" => vec![("Name", 0), ("Endpoints", 0), ("Age", 0)],
+        "namespaces" => vec![("Name", 0), ("Status", 0), ("Age", 0)],
+        "leases" => vec![("Name", 0), ("Holder", 0), ("Age", 0)],
         _ => vec![("Name", 0), ("Age", 0)],
     }
 }
@@ -183,6 +185,12 @@ fn cells(r: &Resource, o: &Value) -> Vec<Value> {
             }
             vec![json!(name), json!(or_none(eps.join(","))), json!(age(o))]
         }
+        "namespaces" => vec![json!(name), json!(s(o, "/status/phase")), json!(age(o))],
+        "leases" => vec![
+            json!(name),
+            json!(s(o, "/spec/holderIdentity")),
+            json!(age(o)),
+        ],
         _ => vec![json!(name), json!(age(o))],
     }
 }
