@@ -197,5 +197,19 @@ state = "{d}/state"
 impl Drop for Containerd {
     fn drop(&mut self) {
         self.stop();
+        // A failed test keeps the log: its state directory goes away.
+        if std::thread::panicking() {
+            let keep = std::env::temp_dir().join(format!(
+                "testbed-containerd-{}-{}.log",
+                std::process::id(),
+                self.dir
+                    .file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            ));
+            if std::fs::copy(self.dir.join("containerd.log"), &keep).is_ok() {
+                eprintln!("containerd log kept at {}", keep.display());
+            }
+        }
     }
 }
