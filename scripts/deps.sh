@@ -11,6 +11,11 @@ APT_PACKAGES=(
   podman                      # a real CNI client for the bridge tests
   runc                        # the OCI runtime of podman and containerd here (crun refuses hybrid cgroups)
   containerd                  # private containerd per emulated node (testbed, pod-runner)
+  qemu-system-x86             # the testbed's VM with Debian's kernel (IPVS, dummy, VLAN filtering)
+  ipvsadm                     # copied into that VM
+  ipset                       # copied into that VM; node-sync's IPVS mode
+  conntrack                   # copied into that VM
+  cpio                        # packs the VM's initramfs
   skopeo                      # copies test images into podman's storage
   umoci                       # builds the test images (no registry is reachable)
   busybox-static              # the test images' userland

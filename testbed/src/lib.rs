@@ -10,6 +10,7 @@ pub mod netns;
 pub mod plugin;
 pub mod snapshot;
 pub mod testdata;
+pub mod vm;
 
 pub use netns::Netns;
 pub use plugin::{Call, Outcome, reference_plugin};
