@@ -27,6 +27,10 @@ use super::table;
 
 type Body = UnsyncBoxBody<Bytes, Infallible>;
 
+/// openapi_v2.Document { swagger: "2.0", info: { title: "Kubernetes",
+/// version: "v1.33.0" } } in protobuf wire format.
+const OPENAPI_V2_PB: &[u8] = b"\x0a\x032.0\x12\x15\x0a\x0aKubernetes\x12\x07v1.33.0";
+
 pub fn tls_config(pki: &Pki) -> Result<Arc<rustls::ServerConfig>, ApiError> {
     let err = |e: &dyn std::fmt::Display| ApiError::Tls(e.to_string());
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -263,6 +267,17 @@ async fn handle(state: &State, who: &Identity, req: Request<Incoming>) -> Respon
         )));
     }
     match path.as_str() {
+        "/openapi/v2" => {
+            // A minimal OpenAPI v2 document (protobuf, as kubectl asks for
+            // it) with no definitions: kubectl's client-side validation then
+            // finds no schema for a kind and skips it, as it does for kinds
+            // the server does not describe.
+            return Response::builder()
+                .status(200)
+                .header("Content-Type", "application/octet-stream")
+                .body(Full::new(Bytes::from_static(OPENAPI_V2_PB)).boxed_unsync())
+                .unwrap_or_else(|_| Response::new(Full::new(Bytes::new()).boxed_unsync()));
+        }
         "/api" => {
             return json_response(
                 200,
