@@ -17,16 +17,7 @@ fn run(cmd: &mut Command) {
 /// `latest`: busybox and its applets in /bin, /www/index.html saying
 /// `hello from busybox`, default command `/bin/sh`.
 pub fn busybox_oci_tar(dir: &Path) -> PathBuf {
-    let layout = dir.join("oci");
-    let bundle = dir.join("bundle");
-    let image = format!("{}:latest", layout.display());
-    run(Command::new("umoci")
-        .args(["init", "--layout"])
-        .arg(&layout));
-    run(Command::new("umoci").args(["new", "--image", &image]));
-    run(Command::new("umoci")
-        .args(["unpack", "--rootless", "--image", &image])
-        .arg(&bundle));
+    let (layout, bundle, image) = start_image(dir);
     let root = bundle.join("rootfs");
     for d in ["bin", "etc", "tmp", "proc", "sys", "dev", "www", "root"] {
         std::fs::create_dir_all(root.join(d)).expect("mkdir");
@@ -40,30 +31,44 @@ pub fn busybox_oci_tar(dir: &Path) -> PathBuf {
     std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").expect("passwd");
     std::fs::write(root.join("etc/group"), "root:x:0:\n").expect("group");
     std::fs::write(root.join("www/index.html"), "hello from busybox\n").expect("index");
-    run(Command::new("umoci")
-        .args(["repack", "--image", &image])
-        .arg(&bundle));
-    run(Command::new("umoci").args([
-        "config",
-        "--image",
-        &image,
-        "--config.cmd",
-        "/bin/sh",
-        "--config.env",
-        "PATH=/bin",
-        "--architecture",
-        "amd64",
-        "--os",
-        "linux",
-    ]));
     let tar = dir.join("busybox.tar");
+    let config = ["--config.cmd", "/bin/sh", "--config.env", "PATH=/bin"];
+    finish_image(&layout, &bundle, &image, &config, &tar);
+    tar
+}
+
+/// A fresh OCI layout with an empty image `latest`, unpacked for editing:
+/// (layout, bundle, image reference). Its rootfs is `bundle/rootfs`.
+fn start_image(work: &Path) -> (PathBuf, PathBuf, String) {
+    let layout = work.join("oci");
+    let bundle = work.join("bundle");
+    let image = format!("{}:latest", layout.display());
+    run(Command::new("umoci")
+        .args(["init", "--layout"])
+        .arg(&layout));
+    run(Command::new("umoci").args(["new", "--image", &image]));
+    run(Command::new("umoci")
+        .args(["unpack", "--rootless", "--image", &image])
+        .arg(&bundle));
+    (layout, bundle, image)
+}
+
+/// Repacks the bundle, applies `config` (umoci config flags) and tars the
+/// layout to `tar`.
+fn finish_image(layout: &Path, bundle: &Path, image: &str, config: &[&str], tar: &Path) {
+    run(Command::new("umoci")
+        .args(["repack", "--image", image])
+        .arg(bundle));
+    run(Command::new("umoci")
+        .args(["config", "--image", image])
+        .args(config)
+        .args(["--architecture", "amd64", "--os", "linux"]));
     run(Command::new("tar")
         .arg("-cf")
-        .arg(&tar)
+        .arg(tar)
         .arg("-C")
-        .arg(&layout)
+        .arg(layout)
         .args(["oci-layout", "index.json", "blobs"]));
-    tar
 }
 
 /// Where `./scripts/build-plugins.sh` put the statically linked binaries
@@ -92,42 +97,21 @@ pub fn static_bin(name: &str) -> PathBuf {
 /// import` and containerd's import API accept it.
 pub fn single_binary_oci_tar(dir: &Path, name: &str, bin: &Path) -> PathBuf {
     let work = dir.join(format!("{name}-build"));
-    let layout = work.join("oci");
-    let bundle = work.join("bundle");
-    let image = format!("{}:latest", layout.display());
-    run(Command::new("umoci")
-        .args(["init", "--layout"])
-        .arg(&layout));
-    run(Command::new("umoci").args(["new", "--image", &image]));
-    run(Command::new("umoci")
-        .args(["unpack", "--rootless", "--image", &image])
-        .arg(&bundle));
+    let (layout, bundle, image) = start_image(&work);
     let root = bundle.join("rootfs");
     std::fs::copy(bin, root.join(name)).expect("copy binary");
     for d in ["etc", "tmp", "proc", "sys", "dev"] {
         std::fs::create_dir_all(root.join(d)).expect("mkdir");
     }
-    run(Command::new("umoci")
-        .args(["repack", "--image", &image])
-        .arg(&bundle));
-    run(Command::new("umoci").args([
-        "config",
-        "--image",
-        &image,
-        "--config.entrypoint",
-        &format!("/{name}"),
-        "--architecture",
-        "amd64",
-        "--os",
-        "linux",
-    ]));
     let tar = dir.join(format!("{name}.tar"));
-    run(Command::new("tar")
-        .arg("-cf")
-        .arg(&tar)
-        .arg("-C")
-        .arg(&layout)
-        .args(["oci-layout", "index.json", "blobs"]));
+    let entry = format!("/{name}");
+    finish_image(
+        &layout,
+        &bundle,
+        &image,
+        &["--config.entrypoint", &entry],
+        &tar,
+    );
     let _ = std::fs::remove_dir_all(&work);
     tar
 }
