@@ -4,13 +4,9 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Command, Output};
-use std::time::Duration;
 
-use cni_bridge::netns::run_in;
 use common::{Node, PluginDir};
 
 struct Podman<'a> {
@@ -44,27 +40,7 @@ impl Podman<'_> {
 }
 
 fn http_get(node: &Node, ip: &str) -> String {
-    let addr = format!("{ip}:8080").parse().expect("addr");
-    run_in(&node.host.path(), || {
-        let mut last = None;
-        // httpd may take a moment to listen.
-        for _ in 0..50 {
-            match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
-                Ok(mut s) => {
-                    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-                    s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
-                    let mut body = String::new();
-                    s.read_to_string(&mut body)?;
-                    return Ok(body);
-                }
-                Err(e) => last = Some(e),
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Err(last.unwrap_or_else(|| std::io::Error::other("no attempt")))
-    })
-    .expect("enter netns")
-    .unwrap_or_else(|e| panic!("GET http://{ip}:8080/: {e}"))
+    testbed::http::get(&node.host, format!("{ip}:8080").parse().expect("addr"))
 }
 
 #[test]

@@ -2,3 +2,4 @@
 //! node-sync will reuse; so far the CNI runtime side (libcni's job).
 
 pub mod cni;
+pub mod containerd;

@@ -1,34 +1,15 @@
 //! A private containerd runs the `web` test image in a new netns, and it
 //! answers; stopping it leaves no task, shim or mount behind.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
+
+use testbed::http::get;
 
 use testbed::Netns;
 use testbed::containerd::Containerd;
 use testbed::image::{single_binary_oci_tar, static_bin};
-
-fn get(ns: &Netns, addr: SocketAddr) -> String {
-    ns.run(|| {
-        let mut last = None;
-        for _ in 0..50 {
-            match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
-                Ok(mut s) => {
-                    s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
-                    let mut out = String::new();
-                    s.read_to_string(&mut out)?;
-                    return Ok(out);
-                }
-                Err(e) => last = Some(e),
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Err(last.unwrap_or_else(|| std::io::Error::other("no attempt")))
-    })
-    .unwrap_or_else(|e| panic!("GET {addr}: {e}"))
-}
 
 #[test]
 fn private_containerd_runs_the_web_image_in_a_new_netns() {

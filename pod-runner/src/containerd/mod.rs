@@ -1,0 +1,119 @@
+//! containerd over its gRPC API (containerd-client): every request carries
+//! the namespace, and work that creates content or snapshots runs under a
+//! lease so containerd's garbage collector cannot take it half-way.
+
+mod image;
+
+use std::path::Path;
+
+use containerd_client::Client;
+use containerd_client::services::v1::{CreateRequest, DeleteRequest as LeaseDelete};
+use tonic::Request;
+use tonic::metadata::MetadataValue;
+
+pub use image::ImageRef;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CtrdError {
+    #[error("connecting to containerd at {path}: {source}")]
+    Connect {
+        path: String,
+        source: tonic::transport::Error,
+    },
+    #[error("containerd {call}: {status}")]
+    Rpc {
+        call: &'static str,
+        status: tonic::Status,
+    },
+    #[error("image archive {path}: {msg}")]
+    Archive { path: String, msg: String },
+}
+
+fn rpc(call: &'static str) -> impl FnOnce(tonic::Status) -> CtrdError {
+    move |status| CtrdError::Rpc { call, status }
+}
+
+/// A connection to one containerd, in one namespace.
+pub struct Containerd {
+    client: Client,
+    namespace: String,
+}
+
+impl Containerd {
+    pub async fn connect(socket: &Path, namespace: &str) -> Result<Self, CtrdError> {
+        let client = Client::from_path(socket)
+            .await
+            .map_err(|source| CtrdError::Connect {
+                path: socket.display().to_string(),
+                source,
+            })?;
+        Ok(Containerd {
+            client,
+            namespace: namespace.to_string(),
+        })
+    }
+
+    /// `msg` as a request in our namespace (and under `lease`, if any).
+    fn req<T>(&self, msg: T, lease: Option<&str>) -> Request<T> {
+        let mut r = Request::new(msg);
+        if let Ok(ns) = MetadataValue::try_from(self.namespace.as_str()) {
+            r.metadata_mut().insert("containerd-namespace", ns);
+        }
+        if let Some(l) = lease.and_then(|l| MetadataValue::try_from(l).ok()) {
+            r.metadata_mut().insert("containerd-lease", l);
+        }
+        r
+    }
+
+    pub async fn version(&self) -> Result<String, CtrdError> {
+        let v = self
+            .client
+            .version()
+            .version(Request::new(()))
+            .await
+            .map_err(rpc("version"))?;
+        Ok(v.into_inner().version)
+    }
+
+    /// A lease that expires by itself if we die before deleting it.
+    async fn lease(&self, id: &str) -> Result<String, CtrdError> {
+        let expire = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
+        let labels = [(
+            "containerd.io/gc.expire".to_string(),
+            humantime::format_rfc3339_seconds(expire).to_string(),
+        )]
+        .into();
+        let resp = self
+            .client
+            .leases()
+            .create(self.req(
+                CreateRequest {
+                    id: id.to_string(),
+                    labels,
+                },
+                None,
+            ))
+            .await
+            .map_err(rpc("leases.create"))?;
+        Ok(resp
+            .into_inner()
+            .lease
+            .map(|l| l.id)
+            .unwrap_or_else(|| id.to_string()))
+    }
+
+    async fn drop_lease(&self, id: &str) -> Result<(), CtrdError> {
+        self.client
+            .leases()
+            .delete(self.req(
+                LeaseDelete {
+                    id: id.to_string(),
+                    sync: false,
+                },
+                None,
+            ))
+            .await
+            .map_err(rpc("leases.delete"))?;
+        Ok(())
+    }
+}
