@@ -15,7 +15,6 @@ APT_PACKAGES=(
   ipvsadm                     # copied into that VM
   ipset                       # copied into that VM; node-sync's IPVS mode
   conntrack                   # copied into that VM
-  cpio                        # packs the VM's initramfs
   protobuf-compiler           # containerd-client's build script compiles containerd's protos
   skopeo                      # copies test images into podman's storage
   umoci                       # builds the test images (no registry is reachable)

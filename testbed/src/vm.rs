@@ -1,540 +1,489 @@
 //! A throw-away VM with Debian's kernel, for what this host's kernel lacks
 //! (IPVS, dummy interfaces, bridge VLAN filtering). qemu runs it under TCG
 //! (KVM does not work here) with an initramfs of busybox, iproute2, ipset,
-//! iptables, ipvsadm, conntrack and the needed modules; a test adds its
-//! files and a script, and gets the script's output and exit status back.
+//! iptables (nft and legacy), ipvsadm, conntrack, nft and the needed
+//! modules; a test adds its own files and a script, and gets the script's
+//! stdout, stderr and exit status back.
 //!
-//! The kernel package (downloaded with `apt-get download`, never installed)
-//! and the base initramfs are cached under `<target dir>/testbed-vm/`; a
-//! run appends its own small cpio archive to the cached one, which the
-//! kernel unpacks on top.
+//! ```no_run
+//! use std::time::Duration;
+//! let out = testbed::vm::Vm::builder()
+//!     .file("/path/to/node-sync", "/usr/local/bin/node-sync")
+//!     .script("set -e\nip link add kube-ipvs0 type dummy\nnode-sync --once")
+//!     .timeout(Duration::from_secs(120))
+//!     .run()?;
+//! assert_eq!(out.exit_code, 0, "{out}");
+//! # Ok::<(), testbed::vm::VmError>(())
+//! ```
+//!
+//! The guest: `/init` (`testbed/vm/init.sh`) mounts proc, sys, dev and a
+//! tmpfs on `/run`, loads the modules, and runs the script with busybox
+//! `sh` in `/root`, stdin from `/dev/null`. `PATH` starts with
+//! `/usr/local/sbin:/usr/local/bin`. busybox ash runs its own applets
+//! before anything on `PATH`, and so do busybox `timeout`, `env`, `xargs`
+//! and the like: the script gets a function `ip` that calls iproute2's
+//! `/usr/sbin/ip` (busybox's has no netns), but `timeout 5 ip ...` needs
+//! the full path. Programs run by other programs (`ip netns exec`) are
+//! found on `PATH` normally. Files passed in must not go under `/run`
+//! (mounted over) or `/proc`, `/sys`, `/dev`.
+//!
+//! Cache (see [`cache_dir`]): the kernel package and its unpacked tree
+//! (module `kernel`), the base initramfs keyed by kernel version and a
+//! hash of what goes in (module `initramfs`), and under `logs/` each
+//! run's console (`<name>.console.log`) and result channel
+//! (`<name>.result`), `<name>` being the run's name (default: the test's
+//! thread name). Preparation takes a file lock, so parallel tests and
+//! test binaries share one download and one build.
 
-use std::fmt::Write as _;
-use std::io::Read;
+mod initramfs;
+mod kernel;
+
+use std::fmt;
+use std::io::Write as _;
+use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Why a VM run failed. The script's own failure is not an error: see
+/// [`VmOutput::exit_code`].
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
-    #[error("{what}: {detail}")]
-    Prepare { what: String, detail: String },
-    #[error("qemu: {0}")]
+    /// Finding, downloading or unpacking the kernel package.
+    #[error("VM kernel: {0}")]
+    Kernel(String),
+    /// Building the base or the per-run initramfs.
+    #[error("VM initramfs: {0}")]
+    Initramfs(String),
+    /// The cache directory or a run's working files.
+    #[error("VM cache {}: {source}", path.display())]
+    Cache {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A host file passed with [`VmBuilder::file`].
+    #[error("file for the VM {}: {source}", path.display())]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A guest path that is not absolute.
+    #[error("guest path {0:?} is not absolute")]
+    GuestPath(String),
+    #[error("qemu-system-x86_64 not found (Debian package qemu-system-x86): {0}")]
+    QemuMissing(std::io::Error),
+    #[error("running qemu: {0}")]
     Qemu(std::io::Error),
-    #[error("the VM did not finish within {0:?}; serial log tail:\n{1}")]
-    Timeout(Duration, String),
-    #[error("the VM stopped without reporting an exit status; serial log tail:\n{0}")]
-    NoExit(String),
+    /// qemu was killed after `after`; `tail` is the end of the console.
+    #[error("the VM did not finish within {after:?}, qemu killed; console {}:\n{tail}", log.display())]
+    Timeout {
+        after: Duration,
+        log: PathBuf,
+        tail: String,
+    },
+    /// qemu exited without the script's exit status (kernel panic, `/init`
+    /// died, qemu refused its arguments, ...).
+    #[error("the VM stopped ({status}) without the script's exit status; console {}:\n{tail}", log.display())]
+    Crashed {
+        status: String,
+        log: PathBuf,
+        tail: String,
+    },
 }
 
-fn prep(what: impl Into<String>, detail: impl std::fmt::Display) -> VmError {
-    VmError::Prepare {
-        what: what.into(),
-        detail: detail.to_string(),
-    }
-}
-
-/// What the guest script printed (stdout and stderr) and its exit status.
+/// What the guest script printed and its exit status.
 #[derive(Debug, Clone)]
 pub struct VmOutput {
-    pub output: String,
+    pub stdout: String,
+    pub stderr: String,
+    /// As `sh` reports it: 0-255, 128+N for signal N.
     pub exit_code: i32,
-    /// Wall time from qemu start to its exit.
+    /// From qemu's start to its exit.
     pub took: Duration,
+    /// The kernel console (boot, `/init`, a live copy of the script's
+    /// output), kept until the next run of the same name.
+    pub console_log: PathBuf,
 }
 
-/// Modules loaded at boot, with their dependencies.
-const MODULES: &[&str] = &[
-    "ip_vs",
-    "ip_vs_rr",
-    "ip_vs_wrr",
-    "ip_vs_sh",
-    "ip_vs_lc",
-    "nf_conntrack",
-    "nf_conntrack_netlink",
-    "dummy",
-    "veth",
-    "bridge",
-    "br_netfilter",
-    "8021q",
-    "x_tables",
-    "ip_tables",
-    "iptable_filter",
-    "iptable_nat",
-    "iptable_mangle",
-    "iptable_raw",
-    "nf_nat",
-    "xt_conntrack",
-    "xt_comment",
-    "xt_mark",
-    "xt_MASQUERADE",
-    "xt_addrtype",
-    "xt_set",
-    "xt_ipvs",
-    "xt_statistic",
-    "xt_multiport",
-    "xt_nat",
-    "xt_physdev",
-    "xt_tcpudp",
-    "xt_REDIRECT",
-    "ipt_REJECT",
-    "nf_tables",
-    "nft_compat",
-    "nft_chain_nat",
-    "nft_ct",
-    "nft_masq",
-    "nft_nat",
-    "nft_reject_inet",
-    "nfnetlink",
-    "ip6_tables",
-    "ip6table_filter",
-    "ip6table_nat",
-    "ip_set",
-    "ip_set_hash_ip",
-    "ip_set_hash_ipport",
-    "ip_set_hash_ipportip",
-    "ip_set_hash_ipportnet",
-    "ip_set_hash_net",
-    "ip_set_bitmap_port",
-];
-
-/// Host binaries copied into the guest, with their libraries.
-const BINARIES: &[&str] = &[
-    "/usr/sbin/ip",
-    "/usr/sbin/ipvsadm",
-    "/usr/sbin/ipset",
-    "/usr/sbin/xtables-nft-multi",
-    "/usr/sbin/xtables-legacy-multi",
-    "/usr/sbin/conntrack",
-];
-
-const INIT: &str = r#"#!/bin/busybox sh
-/bin/busybox --install -s /bin
-export PATH=/test/bin:/usr/sbin:/usr/bin:/sbin:/bin
-mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
-mount -t tmpfs tmp /run; mount -t tmpfs tmp /tmp; mkdir -p /run/netns
-for m in $(cat /etc/modules-load); do modprobe $m 2>/dev/null; done
-/usr/sbin/ip link set lo up
-echo TBVM-OUT-BEGIN
-/bin/sh /test/run.sh 2>&1
-echo "TBVM-EXIT $?"
-sync; poweroff -f
-"#;
-
-/// busybox ash runs its own applets before $PATH; these names must reach
-/// the real tools (busybox's `ip` has no netns support).
-const PRELUDE: &str = "ip() { /usr/sbin/ip \"$@\"; }\nset -e\n";
-
-fn run(cmd: &mut Command, what: &str) -> Result<String, VmError> {
-    let out = cmd.output().map_err(|e| prep(what, e))?;
-    if !out.status.success() {
-        return Err(prep(what, String::from_utf8_lossy(&out.stderr)));
+impl VmOutput {
+    pub fn success(&self) -> bool {
+        self.exit_code == 0
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// `<target>/testbed-vm`: CARGO_TARGET_DIR, else the `target` directory
-/// this test binary lives in, else the system temp dir.
+/// For assertion messages: exit code, stdout, stderr.
+impl fmt::Display for VmOutput {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "exit code {} after {:.1?} (console: {})\n--- stdout\n{}\n--- stderr\n{}",
+            self.exit_code,
+            self.took,
+            self.console_log.display(),
+            self.stdout,
+            self.stderr
+        )
+    }
+}
+
+/// `<target dir>/testbed-vm`, the cache of kernel and initramfs, chosen as:
+/// 1. `$TESTBED_VM_CACHE` when set;
+/// 2. the nearest ancestor of the running executable holding
+///    `CACHEDIR.TAG`, which cargo writes at the root of every target dir
+///    (default or `CARGO_TARGET_DIR`), so tests, examples and the project's
+///    binaries all find the same one;
+/// 3. `$CARGO_TARGET_DIR` when it is absolute;
+/// 4. the system temp dir.
 pub fn cache_dir() -> PathBuf {
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::current_exe()
-                .ok()?
-                .ancestors()
-                .find(|a| a.file_name().is_some_and(|n| n == "target"))
-                .map(Path::to_path_buf)
-        });
+    if let Some(d) = std::env::var_os("TESTBED_VM_CACHE") {
+        return PathBuf::from(d);
+    }
+    let from_exe = std::env::current_exe().ok().and_then(|exe| {
+        exe.ancestors()
+            .skip(1)
+            .find(|a| a.join("CACHEDIR.TAG").is_file())
+            .map(Path::to_path_buf)
+    });
+    let target = from_exe.or_else(|| {
+        std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+    });
     target.unwrap_or_else(std::env::temp_dir).join("testbed-vm")
 }
 
-struct Kernel {
-    version: String,
-    root: PathBuf,
-}
-
-fn kernel(cache: &Path) -> Result<Kernel, VmError> {
-    let depends = || {
-        run(
-            Command::new("apt-cache").args(["depends", "linux-image-cloud-amd64"]),
-            "apt-cache depends",
-        )
-    };
-    // A fresh machine may not have the package lists yet.
-    let deps = match depends() {
-        Ok(d) if d.contains("Depends: linux-image-") => d,
-        _ => {
-            run(
-                Command::new("apt-get").args(["update", "-qq"]),
-                "apt-get update",
-            )?;
-            depends()?
-        }
-    };
-    let pkg = deps
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("Depends: "))
-        .find(|p| p.starts_with("linux-image-"))
-        .ok_or_else(|| prep("finding the kernel package", deps.clone()))?
-        .to_string();
-    let version = pkg.trim_start_matches("linux-image-").to_string();
-    let debs = cache.join("deb");
-    std::fs::create_dir_all(&debs).map_err(|e| prep("cache dir", e))?;
-    let have = |d: &Path| {
-        std::fs::read_dir(d).ok().and_then(|mut r| {
-            r.find_map(|e| {
-                let p = e.ok()?.path();
-                (p.file_name()?
-                    .to_string_lossy()
-                    .starts_with(&format!("{pkg}_")))
-                .then_some(p)
-            })
-        })
-    };
-    let deb = match have(&debs) {
-        Some(d) => d,
-        None => {
-            run(
-                Command::new("apt-get")
-                    .args(["download", &pkg])
-                    .current_dir(&debs),
-                "apt-get download",
-            )?;
-            have(&debs).ok_or_else(|| prep("apt-get download", "no .deb appeared"))?
-        }
-    };
-    let root = cache.join(format!("kx-{version}"));
-    if !root.join(format!("boot/vmlinuz-{version}")).exists() {
-        let _ = std::fs::remove_dir_all(&root);
-        run(
-            Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root),
-            "dpkg-deb -x",
-        )?;
-    }
-    let mods = root.join(format!("lib/modules/{version}"));
-    if !mods.join("modules.dep").exists() {
-        run(
-            Command::new("busybox")
-                .args(["depmod", "-b"])
-                .arg(&root)
-                .arg(&version),
-            "depmod",
-        )?;
-    }
-    Ok(Kernel { version, root })
-}
-
-/// The shared libraries `ldd` lists for `bin`.
-fn libs(bin: &Path) -> Vec<PathBuf> {
-    let Ok(out) = Command::new("ldd").arg(bin).output() else {
-        return Vec::new();
-    };
-    String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .filter(|w| w.starts_with('/'))
-        .map(PathBuf::from)
-        .collect()
-}
-
-fn copy_into(root: &Path, src: &Path, dest: &Path) -> Result<(), VmError> {
-    let to = root.join(dest.strip_prefix("/").unwrap_or(dest));
-    if let Some(p) = to.parent() {
-        std::fs::create_dir_all(p).map_err(|e| prep("staging", e))?;
-    }
-    std::fs::copy(src, &to).map_err(|e| prep(format!("copying {}", src.display()), e))?;
-    Ok(())
-}
-
-fn with_libs(root: &Path, bin: &Path) -> Result<(), VmError> {
-    for lib in libs(bin) {
-        if lib.exists() {
-            copy_into(root, &lib, &lib)?;
-        }
-    }
-    Ok(())
-}
-
-/// Builds (or reuses) the base initramfs for `k`.
-fn base_initramfs(cache: &Path, k: &Kernel) -> Result<PathBuf, VmError> {
-    let mut key = String::new();
-    let _ = write!(
-        key,
-        "{}|{}|{}|{}",
-        k.version,
-        MODULES.join(","),
-        BINARIES.join(","),
-        INIT
-    );
-    let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
-    });
-    let out = cache.join(format!("base-{}-{hash:016x}.cpio.gz", k.version));
-    if out.exists() {
-        return Ok(out);
-    }
-    let root = cache.join("stage");
-    let _ = std::fs::remove_dir_all(&root);
-    for d in [
-        "bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "run", "tmp", "etc", "test/bin",
-    ] {
-        std::fs::create_dir_all(root.join(d)).map_err(|e| prep("staging", e))?;
-    }
-    copy_into(&root, Path::new("/bin/busybox"), Path::new("/bin/busybox"))?;
-    for b in BINARIES {
-        copy_into(&root, Path::new(b), Path::new(b))?;
-        with_libs(&root, Path::new(b))?;
-    }
-    for l in [
-        "iptables",
-        "iptables-save",
-        "iptables-restore",
-        "ip6tables",
-        "ip6tables-save",
-        "ip6tables-restore",
-    ] {
-        std::os::unix::fs::symlink("xtables-nft-multi", root.join("usr/sbin").join(l))
-            .map_err(|e| prep("staging", e))?;
-    }
-    for l in [
-        "iptables-legacy",
-        "iptables-legacy-save",
-        "iptables-legacy-restore",
-    ] {
-        std::os::unix::fs::symlink("xtables-legacy-multi", root.join("usr/sbin").join(l))
-            .map_err(|e| prep("staging", e))?;
-    }
-    let xt = Path::new("/usr/lib/x86_64-linux-gnu/xtables");
-    for e in std::fs::read_dir(xt)
-        .map_err(|e| prep("xtables", e))?
-        .flatten()
-    {
-        copy_into(&root, &e.path(), &e.path())?;
-        with_libs(&root, &e.path())?;
-    }
-    copy_into(
-        &root,
-        Path::new("/lib64/ld-linux-x86-64.so.2"),
-        Path::new("/lib64/ld-linux-x86-64.so.2"),
-    )?;
-    // ipset and iptables look protocols up by name.
-    copy_into(
-        &root,
-        Path::new("/etc/protocols"),
-        Path::new("/etc/protocols"),
-    )?;
-    copy_into(
-        &root,
-        Path::new("/etc/services"),
-        Path::new("/etc/services"),
-    )?;
-    // Modules and their dependency closure, from modules.dep.
-    let mods = k.root.join(format!("lib/modules/{}", k.version));
-    let dep =
-        std::fs::read_to_string(mods.join("modules.dep")).map_err(|e| prep("modules.dep", e))?;
-    let mut wanted: Vec<String> = Vec::new();
-    for m in MODULES {
-        for line in dep.lines() {
-            let (ko, deps) = line.split_once(':').unwrap_or((line, ""));
-            let base = ko.rsplit('/').next().unwrap_or("");
-            if base == format!("{m}.ko") || base.starts_with(&format!("{m}.ko.")) {
-                wanted.push(ko.to_string());
-                wanted.extend(deps.split_whitespace().map(str::to_string));
-            }
-        }
-    }
-    wanted.sort();
-    wanted.dedup();
-    let guest_mods = Path::new("/lib/modules").join(&k.version);
-    for ko in &wanted {
-        copy_into(&root, &mods.join(ko), &guest_mods.join(ko))?;
-    }
-    for f in ["modules.builtin", "modules.order"] {
-        copy_into(&root, &mods.join(f), &guest_mods.join(f))?;
-    }
-    run(
-        Command::new("busybox")
-            .args(["depmod", "-b"])
-            .arg(&root)
-            .arg(&k.version),
-        "depmod (guest)",
-    )?;
-    std::fs::write(root.join("etc/modules-load"), MODULES.join("\n"))
-        .map_err(|e| prep("staging", e))?;
-    std::fs::write(root.join("init"), INIT).map_err(|e| prep("staging", e))?;
-    set_exec(&root.join("init"))?;
-    let tmp = out.with_extension("tmp");
-    run(
-        Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "find . | cpio -o -H newc --quiet | gzip -1 > '{}'",
-                tmp.display()
-            ))
-            .current_dir(&root),
-        "packing the initramfs",
-    )?;
-    std::fs::rename(&tmp, &out).map_err(|e| prep("initramfs", e))?;
-    let _ = std::fs::remove_dir_all(&root);
-    Ok(out)
-}
-
-fn set_exec(p: &Path) -> Result<(), VmError> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755))
-        .map_err(|e| prep("chmod", e))
-}
-
-/// A VM run being prepared.
+/// The prepared kernel and base initramfs; [`VmBuilder::run`] prepares
+/// them itself, [`Vm::prepare`] lets a caller do it ahead (e.g. to time a
+/// run without the first download).
 pub struct Vm {
-    files: Vec<(PathBuf, String)>,
-    script: String,
-    timeout: Duration,
-}
-
-impl Default for Vm {
-    fn default() -> Self {
-        Vm {
-            files: Vec::new(),
-            script: String::new(),
-            timeout: Duration::from_secs(180),
-        }
-    }
+    cache: PathBuf,
+    kernel: kernel::Kernel,
+    base: initramfs::Base,
 }
 
 impl Vm {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Copies host file `from` to `/test/bin/<name>` in the guest (on PATH),
-    /// with the shared libraries it needs.
-    pub fn file(mut self, from: impl AsRef<Path>, name: &str) -> Self {
-        self.files
-            .push((from.as_ref().to_path_buf(), name.to_string()));
-        self
-    }
-
-    /// The script the guest runs with `sh` (with `set -e`).
-    pub fn script(mut self, s: &str) -> Self {
-        self.script = s.to_string();
-        self
-    }
-
-    pub fn timeout(mut self, t: Duration) -> Self {
-        self.timeout = t;
-        self
-    }
-
-    /// Boots the VM, runs the script, returns its output and exit status.
-    pub fn run(self) -> Result<VmOutput, VmError> {
-        let cache = cache_dir();
-        std::fs::create_dir_all(&cache).map_err(|e| prep("cache dir", e))?;
-        // One preparation at a time: tests may run VMs in parallel.
-        let lock = std::fs::File::create(cache.join("lock")).map_err(|e| prep("lock", e))?;
-        lock.lock().map_err(|e| prep("lock", e))?;
-        let k = kernel(&cache)?;
-        let base = base_initramfs(&cache, &k)?;
-        drop(lock);
-        let work = tempfile::tempdir().map_err(|e| prep("work dir", e))?;
-        let stage = work.path().join("stage");
-        std::fs::create_dir_all(stage.join("test/bin")).map_err(|e| prep("staging", e))?;
-        for (from, name) in &self.files {
-            copy_into(&stage, from, &Path::new("/test/bin").join(name))?;
-            set_exec(&stage.join("test/bin").join(name))?;
-            with_libs(&stage, from)?;
+    pub fn builder() -> VmBuilder {
+        VmBuilder {
+            files: Vec::new(),
+            script: String::new(),
+            timeout: Duration::from_secs(180),
+            name: None,
         }
-        std::fs::write(
-            stage.join("test/run.sh"),
-            format!("{PRELUDE}{}\n", self.script),
-        )
-        .map_err(|e| prep("staging", e))?;
-        let extra = work.path().join("extra.cpio");
-        run(
-            Command::new("sh")
-                .arg("-c")
-                .arg(format!(
-                    "find . | cpio -o -H newc --quiet | gzip -1 > '{}'",
-                    extra.display()
-                ))
-                .current_dir(&stage),
-            "packing the test files",
-        )?;
-        let initrd = work.path().join("initrd");
-        let mut bytes = std::fs::read(&base).map_err(|e| prep("initramfs", e))?;
-        bytes.extend(std::fs::read(&extra).map_err(|e| prep("initramfs", e))?);
-        std::fs::write(&initrd, bytes).map_err(|e| prep("initramfs", e))?;
-        self.boot(&k, &initrd, &cache)
     }
 
-    fn boot(&self, k: &Kernel, initrd: &Path, cache: &Path) -> Result<VmOutput, VmError> {
-        let serial = cache.join(format!("serial-{}.log", std::process::id()));
-        let log = std::fs::File::create(&serial).map_err(VmError::Qemu)?;
-        let start = Instant::now();
-        let mut child = Command::new("qemu-system-x86_64")
+    /// Fetches the kernel and builds the base initramfs unless cached.
+    pub fn prepare() -> Result<Vm, VmError> {
+        let cache = cache_dir();
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| VmError::Cache { path, source }
+        };
+        std::fs::create_dir_all(&cache).map_err(io(&cache))?;
+        let lock_path = cache.join("lock");
+        let lock = std::fs::File::create(&lock_path).map_err(io(&lock_path))?;
+        lock.lock().map_err(io(&lock_path))?;
+        let kernel = kernel::kernel(&cache)?;
+        let base = initramfs::base(&cache, &kernel)?;
+        Ok(Vm {
+            cache,
+            kernel,
+            base,
+        })
+    }
+
+    /// The guest's `uname -r`.
+    pub fn kernel_version(&self) -> &str {
+        &self.kernel.version
+    }
+}
+
+pub(crate) enum Source {
+    Host(PathBuf),
+    Bytes(Vec<u8>, u32),
+}
+
+/// One VM run: files, a script, a timeout.
+pub struct VmBuilder {
+    files: Vec<(Source, String)>,
+    script: String,
+    timeout: Duration,
+    name: Option<String>,
+}
+
+/// Run before the script (one line, so line numbers shift by one).
+const PRELUDE: &str =
+    "ip() { /usr/sbin/ip \"$@\"; } # busybox ash prefers its applets; its ip lacks netns\n";
+/// After the script's exit status arrived, how long qemu gets to power off.
+const POWEROFF_GRACE: Duration = Duration::from_secs(5);
+
+impl VmBuilder {
+    /// Copies host file `host` (symlinks followed, mode kept) to the
+    /// absolute `guest` path. A dynamically linked program brings the
+    /// libraries `ldd` lists.
+    pub fn file(mut self, host: impl AsRef<Path>, guest: impl Into<String>) -> Self {
+        self.files
+            .push((Source::Host(host.as_ref().to_path_buf()), guest.into()));
+        self
+    }
+
+    /// A file with these contents and mode (e.g. 0o644) at `guest`.
+    pub fn contents(
+        mut self,
+        guest: impl Into<String>,
+        data: impl Into<Vec<u8>>,
+        mode: u32,
+    ) -> Self {
+        self.files
+            .push((Source::Bytes(data.into(), mode), guest.into()));
+        self
+    }
+
+    /// The script, run by busybox `sh` (add `set -e` to stop at the first
+    /// failure).
+    pub fn script(mut self, script: impl Into<String>) -> Self {
+        self.script = script.into();
+        self
+    }
+
+    /// Wall-clock bound of the qemu run (default 180 s); preparing the
+    /// cache is not counted.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Names the log files under `<cache>/logs/` (default: the current
+    /// thread's name, which is the test's name under the test harness).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Prepares the cache ([`Vm::prepare`]), boots, runs the script.
+    pub fn run(self) -> Result<VmOutput, VmError> {
+        let vm = Vm::prepare()?;
+        self.run_on(&vm)
+    }
+
+    /// Boots `vm` and runs the script.
+    pub fn run_on(self, vm: &Vm) -> Result<VmOutput, VmError> {
+        if let Some((_, g)) = self.files.iter().find(|(_, g)| !g.starts_with('/')) {
+            return Err(VmError::GuestPath(g.clone()));
+        }
+        let script = format!("{PRELUDE}{}\n", self.script);
+        let archive = initramfs::run_archive(&vm.base, &script, &self.files)?;
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| VmError::Cache { path, source }
+        };
+        let runs = vm.cache.join("runs");
+        let logs = vm.cache.join("logs");
+        for d in [&runs, &logs] {
+            std::fs::create_dir_all(d).map_err(io(d))?;
+        }
+        sweep(&runs);
+        let work = tempfile::Builder::new()
+            .prefix("run-")
+            .tempdir_in(&runs)
+            .map_err(io(&runs))?;
+        let initrd = work.path().join("initrd");
+        std::fs::copy(&vm.base.path, &initrd).map_err(io(&initrd))?;
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&initrd)
+            .and_then(|mut f| f.write_all(&archive))
+            .map_err(io(&initrd))?;
+        let name = self.name.clone().unwrap_or_else(default_name);
+        let console = logs.join(format!("{name}.console.log"));
+        let result = logs.join(format!("{name}.result"));
+        let _ = std::fs::remove_file(&result);
+        let log = std::fs::File::create(&console).map_err(io(&console))?;
+        let log2 = log.try_clone().map_err(io(&console))?;
+
+        let mut cmd = Command::new("qemu-system-x86_64");
+        cmd.args(["-accel", "tcg", "-m", "1024", "-smp", "1"])
             .args([
-                "-accel",
-                "tcg",
-                "-m",
-                "1024",
-                "-smp",
-                "1",
                 "-nographic",
                 "-no-reboot",
                 "-nic",
                 "none",
+                "-monitor",
+                "none",
             ])
             .arg("-kernel")
-            .arg(k.root.join(format!("boot/vmlinuz-{}", k.version)))
+            .arg(vm.kernel.image())
             .arg("-initrd")
-            .arg(initrd)
+            .arg(&initrd)
             .args(["-append", "console=ttyS0 quiet loglevel=3 panic=-1"])
+            // ttyS0: the console; ttyS1: the result channel.
+            .args(["-serial", "stdio", "-serial"])
+            .arg(format!("file:{}", result.display()))
             .stdin(Stdio::null())
-            .stdout(log.try_clone().map_err(VmError::Qemu)?)
-            .stderr(log)
-            .spawn()
-            .map_err(VmError::Qemu)?;
+            .stdout(log)
+            .stderr(log2);
+        // SAFETY: prctl is async-signal-safe; the closure touches nothing
+        // else. qemu dies with this thread even if the process is killed.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let start = Instant::now();
+        let child = cmd.spawn().map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => VmError::QemuMissing(e),
+            _ => VmError::Qemu(e),
+        })?;
+        let mut qemu = Qemu(child);
         let deadline = start + self.timeout;
+        let mut reported: Option<Instant> = None;
         let status = loop {
-            if let Some(st) = child.try_wait().map_err(VmError::Qemu)? {
-                break Some(st);
+            if let Some(st) = qemu.0.try_wait().map_err(VmError::Qemu)? {
+                break st.to_string();
             }
-            if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
+            let now = Instant::now();
+            if reported.is_none() && parse(&std::fs::read(&result).unwrap_or_default()).is_some() {
+                reported = Some(now);
             }
-            std::thread::sleep(Duration::from_millis(100));
+            if reported.is_some_and(|t| now >= t + POWEROFF_GRACE) {
+                break "killed after reporting".to_string();
+            }
+            if now >= deadline {
+                drop(qemu);
+                return Err(VmError::Timeout {
+                    after: self.timeout,
+                    tail: tail(&console),
+                    log: console,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(20));
         };
+        drop(qemu);
         let took = start.elapsed();
-        let mut text = String::new();
-        if let Ok(mut f) = std::fs::File::open(&serial) {
-            let _ = f.read_to_string(&mut text);
-        }
-        let text = text.replace('\r', "");
-        let tail = || {
-            let lines: Vec<&str> = text.lines().collect();
-            lines[lines.len().saturating_sub(30)..].join("\n")
+        let bytes = std::fs::read(&result).unwrap_or_default();
+        let Some((stdout, stderr, exit_code)) = parse(&bytes) else {
+            return Err(VmError::Crashed {
+                status,
+                tail: tail(&console),
+                log: console,
+            });
         };
-        if status.is_none() {
-            return Err(VmError::Timeout(self.timeout, tail()));
-        }
-        let out = text
-            .split_once("TBVM-OUT-BEGIN\n")
-            .map(|(_, rest)| rest)
-            .ok_or_else(|| VmError::NoExit(tail()))?;
-        let (output, code) = out
-            .rsplit_once("TBVM-EXIT ")
-            .ok_or_else(|| VmError::NoExit(tail()))?;
-        let exit_code = code
-            .lines()
-            .next()
-            .and_then(|c| c.trim().parse().ok())
-            .ok_or_else(|| VmError::NoExit(tail()))?;
-        let _ = std::fs::remove_file(&serial);
         Ok(VmOutput {
-            output: output.to_string(),
+            stdout: String::from_utf8_lossy(stdout).into_owned(),
+            stderr: String::from_utf8_lossy(stderr).into_owned(),
             exit_code,
             took,
+            console_log: console,
         })
+    }
+}
+
+/// qemu, killed (and reaped) when dropped: no VM outlives its run, even
+/// when the caller panics.
+struct Qemu(Child);
+
+impl Drop for Qemu {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+fn default_name() -> String {
+    let name = std::thread::current()
+        .name()
+        .filter(|n| *n != "main")
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("vm-{}", std::process::id()));
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Removes run directories a killed process left, after an hour.
+fn sweep(runs: &Path) {
+    let Ok(dir) = std::fs::read_dir(runs) else {
+        return;
+    };
+    for e in dir.flatten() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > Duration::from_secs(3600));
+        if old {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// The last lines of the console log, without the serial line's `\r` and
+/// the firmware's terminal escapes.
+fn tail(log: &Path) -> String {
+    let raw = std::fs::read(log).unwrap_or_default();
+    let mut clean = Vec::with_capacity(raw.len());
+    let mut chars = raw.into_iter();
+    while let Some(c) = chars.next() {
+        match c {
+            b'\r' => {}
+            0x1b => {
+                // ESC [ ... letter, or ESC and one character.
+                if chars.next() == Some(b'[') {
+                    for c in chars.by_ref() {
+                        if c.is_ascii_alphabetic() {
+                            break;
+                        }
+                    }
+                }
+            }
+            _ => clean.push(c),
+        }
+    }
+    let text = String::from_utf8_lossy(&clean);
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// The result channel: `TBVM-STDOUT <n>\n<n bytes>TBVM-STDERR <n>\n<n
+/// bytes>TBVM-EXIT <code>\n`; `None` until it is complete.
+fn parse(b: &[u8]) -> Option<(&[u8], &[u8], i32)> {
+    fn frame<'a>(b: &'a [u8], tag: &str) -> Option<(&'a [u8], &'a [u8])> {
+        let b = b.strip_prefix(tag.as_bytes())?;
+        let nl = b.iter().position(|c| *c == b'\n')?;
+        let n: usize = std::str::from_utf8(&b[..nl]).ok()?.trim().parse().ok()?;
+        let body = b.get(nl + 1..nl + 1 + n)?;
+        Some((body, &b[nl + 1 + n..]))
+    }
+    let (out, rest) = frame(b, "TBVM-STDOUT ")?;
+    let (err, rest) = frame(rest, "TBVM-STDERR ")?;
+    let rest = rest.strip_prefix(b"TBVM-EXIT ")?;
+    let nl = rest.iter().position(|c| *c == b'\n')?;
+    let code = std::str::from_utf8(&rest[..nl]).ok()?.trim().parse().ok()?;
+    Some((out, err, code))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse;
+
+    #[test]
+    fn result_frames() {
+        let b = b"TBVM-STDOUT 6\na\nb\nc\nTBVM-STDERR 0\nTBVM-EXIT 3\n";
+        assert_eq!(parse(b), Some((&b"a\nb\nc\n"[..], &b""[..], 3)));
+        // Incomplete: no exit line yet, or a body cut short.
+        assert_eq!(parse(&b[..b.len() - 1]), None);
+        assert_eq!(parse(b"TBVM-STDOUT 9\nab"), None);
+        // Bodies may hold anything, markers included.
+        let b = b"TBVM-STDOUT 12\nTBVM-EXIT 0\nTBVM-STDERR 1\nxTBVM-EXIT 255\n";
+        assert_eq!(parse(b), Some((&b"TBVM-EXIT 0\n"[..], &b"x"[..], 255)));
     }
 }
