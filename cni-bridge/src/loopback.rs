@@ -28,6 +28,8 @@ enum LoError {
     Down,
     #[error("no loopback interface in the netns")]
     Missing,
+    #[error("loopback interface lacks address {0} of the previous result")]
+    AddrMissing(String),
 }
 
 impl From<LoError> for CniError {
@@ -127,14 +129,43 @@ fn del(req: &Request) -> Result<(), CniError> {
     }
 }
 
+/// The addresses a prevResult puts on this sandbox's `lo`. The reference
+/// ignores prevResult here, so one we cannot read is ignored too rather
+/// than turned into a new failure.
+fn expected_lo_addrs(req: &Request) -> Vec<IpNetwork> {
+    let Some(prev) = &req.header.prev_result else {
+        return Vec::new();
+    };
+    let Ok(prev) = CniResult::from_value(prev.clone(), req.version) else {
+        return Vec::new();
+    };
+    let is_ours = |i: usize| {
+        prev.interfaces.get(i).is_some_and(|itf| {
+            itf.name == "lo" && (itf.sandbox.is_empty() || itf.sandbox == req.env.netns)
+        })
+    };
+    prev.ips
+        .iter()
+        .filter(|ip| ip.interface.is_some_and(is_ours))
+        .map(|ip| ip.address)
+        .collect()
+}
+
+/// `lo` must be up and, beyond the reference (which checks only the flag),
+/// carry every address the previous result reported for it.
 fn check(req: &Request) -> Result<(), CniError> {
     let path = Path::new(&req.env.netns);
     not_own(path)?;
+    let want = expected_lo_addrs(req);
     netns::run_in(path, || -> Result<(), LoError> {
         let nl = Netlink::open()?;
         let lo = nl.link_by_name("lo")?.ok_or(LoError::Missing)?;
         if !lo.up {
             return Err(LoError::Down);
+        }
+        let have: Vec<IpNetwork> = nl.addrs(lo.index)?.into_iter().map(|(a, _)| a).collect();
+        if let Some(gone) = want.iter().find(|a| !have.contains(a)) {
+            return Err(LoError::AddrMissing(gone.to_string()));
         }
         Ok(())
     })

@@ -10,13 +10,19 @@ fn conf(version: &str) -> Value {
     json!({"cniVersion": version, "name": "lo", "type": "loopback"})
 }
 
+/// `lo`'s flags, operstate and addresses, as `ip -j` reports them.
 fn lo_state(ns: &Netns) -> String {
     let mut v = links(ns);
     v.retain(|l| l["name"] == "lo");
-    format!(
-        "{v:?} {}",
-        ns.sh("ip -o addr show dev lo | sed 's/^[0-9]*: //; s/ valid_lft.*//'")
-    )
+    let link: Value = serde_json::from_str(&ns.sh("ip -j link show lo")).expect("ip -j");
+    let addr: Value = serde_json::from_str(&ns.sh("ip -j addr show dev lo")).expect("ip -j");
+    let addrs: Vec<String> = addr[0]["addr_info"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| format!("{}/{} {}", a["local"], a["prefixlen"], a["scope"]))
+        .collect();
+    format!("{v:?} {} {addrs:?}", link[0]["operstate"])
 }
 
 fn run(node: &Node, cmd: &str, c: Option<&Netns>, conf: &Value) -> Outcome {
@@ -34,11 +40,8 @@ fn add_check_del_match_the_reference_in_every_version() {
         // Start from a lo that is down, as in a fresh netns before runc.
         a_ns.sh("ip link set lo down");
         b_ns.sh("ip link set lo down");
-        let mut steps = vec!["ADD"];
-        if v >= "0.4.0" {
-            steps.push("CHECK");
-        }
-        steps.extend(["DEL", "DEL"]);
+        // Before 0.4.0 CHECK is refused (code 1) by both.
+        let steps = ["ADD", "CHECK", "DEL", "DEL"];
         let mut prev: Option<Value> = None;
         for step in steps {
             let mut c = conf(v);
@@ -109,27 +112,53 @@ fn bad_input_matches_the_reference() {
     drop(gone);
     let mut v999 = conf("0.3.1");
     v999["cniVersion"] = json!("9.9.9");
-    let cases: Vec<(&str, String, Option<String>)> = vec![
-        ("malformed", "{bad".into(), None),
-        ("version", v999.to_string(), None),
-        ("missing netns", conf("0.3.1").to_string(), Some(gone_path)),
+    let mut v110 = conf("0.3.1");
+    v110["cniVersion"] = json!("1.1.0");
+    let c_path = c.path().display().to_string();
+    // (what, stdin, CNI_NETNS (None: unset), the reference's code)
+    let cases: Vec<(&str, String, Option<String>, u64)> = vec![
+        ("malformed", "{bad".into(), Some(c_path.clone()), 6),
+        ("version", v999.to_string(), Some(c_path.clone()), 1),
+        (
+            "missing netns",
+            conf("0.3.1").to_string(),
+            Some(gone_path),
+            999,
+        ),
+        ("unset netns", conf("0.3.1").to_string(), None, 4),
+        (
+            "not a netns",
+            conf("0.3.1").to_string(),
+            Some("/etc/hostname".into()),
+            999,
+        ),
     ];
-    for (what, stdin, netns) in cases {
+    for (what, stdin, netns, code) in cases {
         let call = |node: &Node| {
-            Call::new(node.plugins.path().join("loopback"), "ADD", "web-002")
+            let call = Call::new(node.plugins.path().join("loopback"), "ADD", "web-002")
                 .in_netns(&node.host)
-                .netns(netns.as_deref().unwrap_or(&c.path().display().to_string()))
-                .stdin(stdin.clone())
-                .run()
+                .stdin(stdin.clone());
+            match &netns {
+                Some(p) => call.netns(p),
+                None => call.unset("CNI_NETNS"),
+            }
+            .run()
         };
         let (a, b) = (call(&ours), call(&theirs));
-        assert_ne!(a.code, 0, "{what}: {a:?}");
+        assert_eq!((b.code, b.error_code()), (1, code), "{what}: ref {b:?}");
         assert_eq!(
             (a.code, a.error_code()),
             (b.code, b.error_code()),
             "{what}: {a:?} {b:?}"
         );
     }
+    // The reference knows no 1.1.0; ours is tested with it further down.
+    let b = Call::new(theirs.plugins.path().join("loopback"), "ADD", "web-002")
+        .in_netns(&theirs.host)
+        .sandbox(&c)
+        .stdin(v110.to_string())
+        .run();
+    assert_eq!(b.error_code(), 1, "the reference stops at 1.0.0: {b:?}");
 }
 
 #[test]
@@ -170,4 +199,67 @@ fn chained_loopback_passes_the_previous_result_through_like_the_reference() {
     let a = run(&ours, "ADD", Some(&a_ns), &c);
     let b = run(&theirs, "ADD", Some(&b_ns), &c);
     assert_eq!((a.code, &a.stdout), (b.code, &b.stdout), "{a:?} {b:?}");
+}
+
+#[test]
+fn speaks_1_1_0_with_the_1_0_0_result_gc_and_status() {
+    let (ours, theirs) = (
+        Node::new("lo", PluginDir::ours()),
+        Node::new("lr", PluginDir::reference()),
+    );
+    let (a_ns, b_ns) = (Netns::new("la"), Netns::new("lb"));
+    a_ns.sh("ip link set lo down");
+    b_ns.sh("ip link set lo down");
+    let a = run(&ours, "ADD", Some(&a_ns), &conf("1.1.0"));
+    let b = run(&theirs, "ADD", Some(&b_ns), &conf("1.0.0"));
+    assert_eq!(
+        normalise(&a.stdout, &[&a_ns]),
+        normalise(&b.stdout, &[&b_ns]).replace("\"1.0.0\"", "\"1.1.0\""),
+        "{a:?} {b:?}"
+    );
+    assert_eq!(lo_state(&a_ns), lo_state(&b_ns));
+    let mut c = conf("1.1.0");
+    c["prevResult"] = a.json();
+    for cmd in ["CHECK", "GC", "STATUS"] {
+        let out = run(&ours, cmd, Some(&a_ns), &c);
+        assert!(out.success() && out.stdout.is_empty(), "{cmd}: {out:?}");
+        assert_eq!(lo_state(&a_ns), lo_state(&b_ns), "{cmd} changed lo");
+    }
+    assert!(run(&ours, "DEL", Some(&a_ns), &conf("1.1.0")).success());
+    assert!(run(&theirs, "DEL", Some(&b_ns), &conf("1.0.0")).success());
+    assert_eq!(lo_state(&a_ns), lo_state(&b_ns));
+}
+
+/// Beyond the reference, which checks only that lo is up: an address the
+/// ADD result reported for lo must still be there.
+#[test]
+fn check_finds_a_missing_lo_address_where_the_reference_does_not() {
+    let (ours, theirs) = (
+        Node::new("lo", PluginDir::ours()),
+        Node::new("lr", PluginDir::reference()),
+    );
+    for node in [&ours, &theirs] {
+        let ns = Netns::new("lk");
+        let call = |cmd: &str, conf: &Value| {
+            node.call_with("loopback", cmd, "web-002", conf)
+                .sandbox(&ns)
+                .run()
+        };
+        let add = call("ADD", &conf("1.0.0"));
+        assert!(add.success(), "{add:?}");
+        let mut c = conf("1.0.0");
+        c["prevResult"] = add.json();
+        assert!(call("CHECK", &c).success());
+        ns.sh("ip addr del 127.0.0.1/8 dev lo");
+        let out = call("CHECK", &c);
+        if std::ptr::eq(node, &ours) {
+            assert_eq!(out.error_code(), 999, "{out:?}");
+            assert!(out.stdout.contains("127.0.0.1/8"), "{out:?}");
+        } else {
+            assert!(out.success(), "the reference checks only the flag: {out:?}");
+        }
+        // An unreadable prevResult is ignored, as the reference does.
+        c["prevResult"] = json!("garbage");
+        assert!(call("CHECK", &c).success());
+    }
 }

@@ -30,6 +30,8 @@ pub struct Call {
     cwd: Option<PathBuf>,
     /// Run the plugin with this netns as its host netns.
     host_netns: Option<String>,
+    /// The netns set through [`Call::sandbox`], to catch it being the host's.
+    sandbox: Option<String>,
 }
 
 /// What a finished call left behind.
@@ -92,6 +94,7 @@ impl Call {
             stdin: Vec::new(),
             cwd: None,
             host_netns: None,
+            sandbox: None,
         }
     }
 
@@ -104,7 +107,8 @@ impl Call {
         self.env("CNI_IFNAME", name)
     }
 
-    pub fn netns(self, path: &str) -> Self {
+    pub fn netns(mut self, path: &str) -> Self {
+        self.sandbox = None;
         self.env("CNI_NETNS", path)
     }
 
@@ -124,6 +128,18 @@ impl Call {
         self
     }
 
+    /// Sets `CNI_NETNS` to `ns`, which must not be the netns the plugin runs
+    /// in ([`Call::in_netns`]): a test meaning a container netns would
+    /// otherwise act on its "host" without noticing. Use [`Call::netns`] to
+    /// name the host's on purpose.
+    pub fn sandbox(self, ns: &crate::Netns) -> Self {
+        let call = self.netns(&ns.path().display().to_string());
+        Call {
+            sandbox: Some(ns.name().to_string()),
+            ..call
+        }
+    }
+
     /// Working directory of the plugin (default: the test's).
     pub fn current_dir(mut self, dir: impl AsRef<Path>) -> Self {
         self.cwd = Some(dir.as_ref().to_path_buf());
@@ -136,6 +152,11 @@ impl Call {
     }
 
     fn command(&self) -> Command {
+        assert!(
+            self.sandbox.is_none() || self.sandbox != self.host_netns,
+            "CNI_NETNS {:?} is the netns the plugin runs in; use Call::netns for that on purpose",
+            self.sandbox
+        );
         let mut c = match &self.host_netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
