@@ -1,5 +1,14 @@
-//! pod-runner: a mini kubelet for one pod. This library holds the parts
-//! node-sync will reuse; so far the CNI runtime side (libcni's job).
+//! pod-runner: a mini kubelet for one pod. The binary is a thin CLI over
+//! these modules; node-sync reuses the containerd client.
 
+pub mod api;
 pub mod cni;
 pub mod containerd;
+pub mod logs;
+pub mod netns;
+pub mod pod;
+pub mod quantity;
+pub mod runner;
+pub mod spec;
+pub mod state;
+pub mod status;

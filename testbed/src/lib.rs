@@ -9,6 +9,7 @@ pub mod http;
 pub mod image;
 pub mod netns;
 pub mod plugin;
+pub mod relay;
 pub mod snapshot;
 pub mod testdata;
 pub mod vm;

@@ -65,7 +65,9 @@ fn read_layout(path: &Path) -> Result<(HashMap<String, Vec<u8>>, Value), CtrdErr
 /// manifest names its config and layers, an index its manifests (what
 /// `ctr images import` sets too). Without them the layers would go once
 /// the import lease ends.
-fn gc_labels(blobs: &HashMap<String, Vec<u8>>) -> HashMap<String, HashMap<String, String>> {
+pub(super) fn gc_labels(
+    blobs: &HashMap<String, Vec<u8>>,
+) -> HashMap<String, HashMap<String, String>> {
     let mut out = HashMap::new();
     for (digest, data) in blobs {
         let Ok(doc) = serde_json::from_slice::<Value>(data) else {
@@ -167,7 +169,50 @@ impl Containerd {
     }
 
     /// One blob into the content store, verified against its digest.
-    async fn write_blob(
+    /// Every image record: (name, target digest), sorted by name.
+    pub async fn list_images(&self) -> Result<Vec<(String, String)>, CtrdError> {
+        let resp = self
+            .client
+            .images()
+            .list(self.req(
+                containerd_client::services::v1::ListImagesRequest { filters: vec![] },
+                None,
+            ))
+            .await
+            .map_err(rpc("images.list"))?;
+        let mut out: Vec<(String, String)> = resp
+            .into_inner()
+            .images
+            .into_iter()
+            .map(|i| {
+                let d = i.target.map(|t| t.digest).unwrap_or_default();
+                (i.name, d)
+            })
+            .collect();
+        out.sort();
+        Ok(out)
+    }
+
+    /// Whether the content store has `digest`.
+    pub(super) async fn has_blob(&self, digest: &str) -> Result<bool, CtrdError> {
+        match self
+            .client
+            .content()
+            .info(self.req(
+                containerd_client::services::v1::InfoRequest {
+                    digest: digest.to_string(),
+                },
+                None,
+            ))
+            .await
+        {
+            Ok(_) => Ok(true),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(false),
+            Err(s) => Err(rpc("content.info")(s)),
+        }
+    }
+
+    pub(super) async fn write_blob(
         &self,
         lease: &str,
         digest: &str,
@@ -221,7 +266,7 @@ impl Containerd {
         }
     }
 
-    async fn put_image(&self, lease: &str, r: &ImageRef) -> Result<(), CtrdError> {
+    pub(super) async fn put_image(&self, lease: &str, r: &ImageRef) -> Result<(), CtrdError> {
         let image = Image {
             name: r.name.clone(),
             labels: HashMap::new(),

@@ -2,7 +2,10 @@
 //! the namespace, and work that creates content or snapshots runs under a
 //! lease so containerd's garbage collector cannot take it half-way.
 
+mod container;
 mod image;
+mod pull;
+mod unpack;
 
 use std::path::Path;
 
@@ -11,7 +14,11 @@ use containerd_client::services::v1::{CreateRequest, DeleteRequest as LeaseDelet
 use tonic::Request;
 use tonic::metadata::MetadataValue;
 
+pub use container::{Listed, NewContainer, TaskState};
 pub use image::ImageRef;
+pub use pull::normalize;
+pub(crate) use unpack::hex;
+pub use unpack::{ImageInfo, chain_ids};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CtrdError {
@@ -27,6 +34,15 @@ pub enum CtrdError {
     },
     #[error("image archive {path}: {msg}")]
     Archive { path: String, msg: String },
+    #[error("image {name}: {msg}")]
+    Image { name: String, msg: String },
+}
+
+impl CtrdError {
+    /// containerd answered NotFound.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, CtrdError::Rpc { status, .. } if status.code() == tonic::Code::NotFound)
+    }
 }
 
 fn rpc(call: &'static str) -> impl FnOnce(tonic::Status) -> CtrdError {
@@ -76,7 +92,7 @@ impl Containerd {
     }
 
     /// A lease that expires by itself if we die before deleting it.
-    async fn lease(&self, id: &str) -> Result<String, CtrdError> {
+    pub(crate) async fn lease(&self, id: &str) -> Result<String, CtrdError> {
         let expire = std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
         let labels = [(
             "containerd.io/gc.expire".to_string(),
@@ -102,7 +118,7 @@ impl Containerd {
             .unwrap_or_else(|| id.to_string()))
     }
 
-    async fn drop_lease(&self, id: &str) -> Result<(), CtrdError> {
+    pub(crate) async fn drop_lease(&self, id: &str) -> Result<(), CtrdError> {
         self.client
             .leases()
             .delete(self.req(

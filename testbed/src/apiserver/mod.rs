@@ -179,6 +179,10 @@ impl ApiServer {
         format!("https://{}", self.addr)
     }
 
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
     pub fn ca_pem(&self) -> &str {
         &self.pki.ca_pem
     }

@@ -10,11 +10,34 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
+/// As PID 1 of its container, the kernel gives SIGTERM no default action:
+/// exit on it ourselves, as a well-behaved app does.
+fn exit_on_sigterm() {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    if set.thread_block().is_ok() {
+        std::thread::spawn(move || {
+            if set.wait().is_ok() {
+                println!("web: stopping");
+                std::process::exit(0);
+            }
+        });
+    }
+}
+
 fn main() -> std::io::Result<()> {
+    exit_on_sigterm();
     let port = std::env::var("PORT").unwrap_or_else(|_| "8080".into());
     let listener = TcpListener::bind(format!("0.0.0.0:{port}"))?;
+    // What `logs` shows: one line at start, one per request.
+    println!("web: listening on :{port} as {}", hostname());
     for conn in listener.incoming() {
         let Ok(mut s) = conn else { continue };
+        if let Ok(peer) = s.peer_addr() {
+            println!("web: request from {peer}");
+        }
         // One short request per connection; the body does not matter.
         let mut buf = [0u8; 1024];
         let _ = s.read(&mut buf);

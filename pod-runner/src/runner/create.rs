@@ -1,0 +1,412 @@
+//! `create`: sandbox netns, CNI, pause, app containers, status; any
+//! failure removes what was made.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use k8s_openapi::api::core::v1::Pod;
+use oci_spec::runtime::LinuxNamespaceType as Ns;
+use serde_json::Value;
+
+use crate::cni::Attachment;
+use crate::containerd::{ImageInfo, NewContainer, TaskState, normalize};
+use crate::pod::{self, Fields, PodPlan};
+use crate::spec::{self, ContainerSpec};
+use crate::state::{AppContainer, PodRecord, derive_id, netns_name};
+use crate::status::{self, ContainerObs, PodObs, State};
+use crate::{logs, netns};
+
+use super::mounts::{container_mounts, prepare_volumes, write_pod_files};
+use super::{RunError, Runner, warn};
+
+/// What `create` did.
+#[derive(Debug)]
+pub enum Created {
+    Started { pod_ips: Vec<String> },
+    AlreadyRunning { pod_ips: Vec<String> },
+}
+
+/// The addresses in a CNI result, any version.
+pub(crate) fn result_ips(result: &Value) -> Vec<String> {
+    let mut out: Vec<String> = result["ips"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|ip| ip["address"].as_str())
+        .map(|a| a.split('/').next().unwrap_or(a).to_string())
+        .collect();
+    for legacy in ["ip4", "ip6"] {
+        if let Some(a) = result[legacy]["ip"].as_str() {
+            out.push(a.split('/').next().unwrap_or(a).to_string());
+        }
+    }
+    out
+}
+
+fn kubelet_labels(plan: &PodPlan, kind: &str, container: &str) -> HashMap<String, String> {
+    let mut l = HashMap::new();
+    l.insert("io.kubernetes.pod.name".into(), plan.name.clone());
+    l.insert("io.kubernetes.pod.namespace".into(), plan.namespace.clone());
+    l.insert("io.kubernetes.pod.uid".into(), plan.uid.clone());
+    l.insert("io.cri-containerd.kind".into(), kind.into());
+    l.insert("io.kubernetes.container.name".into(), container.into());
+    l
+}
+
+fn image_id(info: &ImageInfo) -> String {
+    let repo = match info.name.rsplit_once(':') {
+        Some((r, tag)) if !tag.contains('/') => r,
+        _ => &info.name,
+    };
+    format!("{repo}@{}", info.digest)
+}
+
+impl Runner {
+    pub(crate) fn record_for(&self, plan: &PodPlan) -> PodRecord {
+        let sandbox_id = derive_id(&["sandbox", &plan.uid]);
+        PodRecord {
+            namespace: plan.namespace.clone(),
+            name: plan.name.clone(),
+            uid: plan.uid.clone(),
+            netns: PathBuf::from(netns::DIR).join(netns_name(&sandbox_id)),
+            sandbox_id,
+            pod_dir: self.paths.state_dir.join("pods").join(plan.dir_name()),
+            log_dir: self.paths.log_dir.join(plan.dir_name()),
+            containers: plan
+                .containers
+                .iter()
+                .map(|c| AppContainer {
+                    name: c.name.clone(),
+                    id: derive_id(&["container", &plan.uid, &c.name]),
+                    image: c.image.clone(),
+                })
+                .collect(),
+            grace_seconds: plan.grace_seconds,
+            pod_ips: Vec::new(),
+            host_ip: None,
+        }
+    }
+
+    /// Whether every task of the record runs.
+    async fn all_running(&self, r: &PodRecord) -> Result<bool, RunError> {
+        for id in std::iter::once(&r.sandbox_id).chain(r.containers.iter().map(|c| &c.id)) {
+            if !matches!(self.ctrd.task(id).await?, Some((TaskState::Running, _))) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    pub(crate) async fn host_ip(&self) -> Option<String> {
+        if let Some(ip) = &self.node_ip {
+            return Some(ip.clone());
+        }
+        let api = self.api().ok()?;
+        match api.node_ip(&self.node).await {
+            Ok(ip) => ip,
+            Err(e) => {
+                warn(&format!("reading node {}: {e}; hostIP left out", self.node));
+                None
+            }
+        }
+    }
+
+    /// Runs the pod `ns/name` bound to this node.
+    pub async fn create(&self, ns: &str, name: &str) -> Result<Created, RunError> {
+        let pod = self
+            .api()?
+            .pod(ns, name)
+            .await?
+            .ok_or_else(|| RunError::NotFound(format!("{ns}/{name}")))?;
+        let plan = pod::plan(&pod, &self.node)?;
+        if pod.metadata.deletion_timestamp.is_some() {
+            return Err(RunError::Deleting(plan.key()));
+        }
+        for w in &plan.warnings {
+            warn(&format!("pod {}: {w}", plan.key()));
+        }
+        if let Some(old) = self.store.load(ns, name)? {
+            if old.uid == plan.uid && self.all_running(&old).await? {
+                return Ok(Created::AlreadyRunning {
+                    pod_ips: old.pod_ips,
+                });
+            }
+            // Left by an interrupted create, or an older pod of that name.
+            self.teardown(&old, 0).await.map_err(|e| {
+                RunError::Failed(format!(
+                    "cleaning up what an earlier create of {} left: {e}",
+                    plan.key()
+                ))
+            })?;
+        }
+        let mut record = self.record_for(&plan);
+        // Before anything exists: a crash from here on leaves a record
+        // that names every piece.
+        self.store.save(&record)?;
+        match self.bring_up(&pod, &plan, &mut record).await {
+            Ok(ips) => Ok(Created::Started { pod_ips: ips }),
+            Err(error) => match self.teardown(&record, 0).await {
+                Ok(_) => Err(RunError::RolledBack {
+                    error: Box::new(error),
+                }),
+                Err(rb) => Err(RunError::RollbackFailed {
+                    error: Box::new(error),
+                    rollback: rb.to_string(),
+                }),
+            },
+        }
+    }
+
+    async fn bring_up(
+        &self,
+        pod: &Pod,
+        plan: &PodPlan,
+        record: &mut PodRecord,
+    ) -> Result<Vec<String>, RunError> {
+        let start_time = SystemTime::now();
+        // Images first: a missing one fails before anything is made.
+        let pause = self
+            .ensure_image(&normalize(&self.pause_image)?, "IfNotPresent")
+            .await?;
+        let mut images = Vec::new();
+        for c in &plan.containers {
+            images.push(
+                self.ensure_image(&normalize(&c.image)?, &c.pull_policy)
+                    .await?,
+            );
+        }
+        let host_ip = self.host_ip().await;
+
+        netns::create(
+            record
+                .netns
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or_default(),
+        )?;
+        let netns_path = record.netns.to_string_lossy().into_owned();
+        let att = Attachment {
+            container_id: &record.sandbox_id,
+            netns: &netns_path,
+            ifname: "eth0",
+            pod_namespace: &plan.namespace,
+            pod_name: &plan.name,
+            pod_uid: &plan.uid,
+        };
+        let result = self.cni.add(&att)?;
+        let pod_ips = result_ips(&result);
+        record.pod_ips = pod_ips.clone();
+        record.host_ip = host_ip.clone();
+        self.store.save(record)?;
+
+        write_pod_files(plan, &record.pod_dir, &pod_ips)?;
+        let volumes = prepare_volumes(plan, &record.pod_dir)?;
+
+        let pause_pid = self.start_sandbox(plan, record, &pause).await?;
+        let service_account = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+            .unwrap_or_else(|| "default".into());
+        let fields = Fields {
+            plan,
+            service_account: &service_account,
+            pod_ips: &pod_ips,
+            host_ip: host_ip.as_deref().unwrap_or(""),
+        };
+        let mut observed = Vec::new();
+        for ((c, info), app) in plan.containers.iter().zip(&images).zip(&record.containers) {
+            let env_image: Vec<String> = info.config["Env"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.as_str().map(str::to_string))
+                .collect();
+            let env = pod::environment(c, &env_image, &fields);
+            let args = pod::process_args(c, &info.config, &env);
+            if args.is_empty() {
+                return Err(RunError::Failed(format!(
+                    "container {}: no command: the image has no Entrypoint or Cmd and the pod gives none",
+                    c.name
+                )));
+            }
+            let cwd = c
+                .working_dir
+                .clone()
+                .or_else(|| info.config["WorkingDir"].as_str().map(str::to_string))
+                .unwrap_or_default();
+            let (uid, gid) = image_user(info)?;
+            let cs = ContainerSpec {
+                args,
+                env,
+                cwd,
+                uid,
+                gid,
+                hostname: None,
+                namespaces: vec![
+                    (Ns::Pid, None),
+                    (Ns::Mount, None),
+                    (Ns::Network, Some(record.netns.clone())),
+                    (Ns::Ipc, Some(format!("/proc/{pause_pid}/ns/ipc").into())),
+                    (Ns::Uts, Some(format!("/proc/{pause_pid}/ns/uts").into())),
+                ],
+                mounts: container_mounts(plan, c, &record.pod_dir, &volumes),
+                memory_limit: c.memory_limit,
+                cpu_quota: c.cpu_limit_milli.map(|m| m * 100),
+                cpu_period: c.cpu_limit_milli.map(|_| 100_000),
+                cpu_shares: c
+                    .cpu_request_milli
+                    .or(c.cpu_limit_milli)
+                    .map(|m| ((m * 1024 / 1000).max(2)) as u64),
+                cgroups_path: self.cgroup(plan, &app.id),
+                read_only_rootfs: false,
+            };
+            let log = record.log_dir.join(&c.name).join("0.log");
+            if let Some(dir) = log.parent() {
+                std::fs::create_dir_all(dir).map_err(|source| RunError::Io {
+                    what: format!("creating {}", dir.display()),
+                    source,
+                })?;
+            }
+            self.ctrd
+                .create_container(&NewContainer {
+                    id: &app.id,
+                    image: &info.name,
+                    parent_snapshot: &info.chain_id,
+                    labels: kubelet_labels(plan, "container", &c.name),
+                    spec: spec::build(&cs)?,
+                })
+                .await?;
+            self.ctrd
+                .create_task(&app.id, &logs::uri(&self.paths.logger, &log))
+                .await?;
+            self.ctrd.start_task(&app.id).await?;
+            observed.push(ContainerObs {
+                name: c.name.clone(),
+                id: app.id.clone(),
+                image: info.name.clone(),
+                image_id: image_id(info),
+                state: State::Running {
+                    started: SystemTime::now(),
+                },
+            });
+        }
+        let obs = PodObs {
+            sandbox_ready: true,
+            pod_ips: pod_ips.clone(),
+            host_ip,
+            start_time,
+            containers: observed,
+            terminal: false,
+            qos: status::qos_class(pod),
+        };
+        let old = pod
+            .status
+            .as_ref()
+            .and_then(|s| serde_json::to_value(&s.conditions).ok())
+            .unwrap_or(Value::Null);
+        let patch = status::patch(&obs, &old, SystemTime::now());
+        self.api()?
+            .patch_status(&plan.namespace, &plan.name, &patch)
+            .await?;
+        Ok(pod_ips)
+    }
+
+    pub(crate) fn cgroup(&self, plan: &PodPlan, id: &str) -> String {
+        format!("/pod-runner/pod{}/{id}", plan.uid)
+    }
+
+    /// The pause container: new PID, IPC, UTS and mount namespaces, the
+    /// pinned netns, the pod's hostname. Returns its PID.
+    async fn start_sandbox(
+        &self,
+        plan: &PodPlan,
+        record: &PodRecord,
+        pause: &ImageInfo,
+    ) -> Result<u32, RunError> {
+        let no = crate::pod::ContainerPlan {
+            name: "POD".into(),
+            image: pause.name.clone(),
+            pull_policy: "IfNotPresent".into(),
+            command: None,
+            args: None,
+            env: Vec::new(),
+            working_dir: None,
+            memory_limit: None,
+            cpu_limit_milli: None,
+            cpu_request_milli: None,
+            mounts: Vec::new(),
+        };
+        let args = pod::process_args(&no, &pause.config, &[]);
+        let cs = ContainerSpec {
+            args,
+            env: vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into()],
+            cwd: "/".into(),
+            hostname: Some(plan.hostname.clone()),
+            namespaces: vec![
+                (Ns::Pid, None),
+                (Ns::Ipc, None),
+                (Ns::Uts, None),
+                (Ns::Mount, None),
+                (Ns::Network, Some(record.netns.clone())),
+            ],
+            cgroups_path: self.cgroup(plan, &record.sandbox_id),
+            read_only_rootfs: true,
+            ..ContainerSpec::default()
+        };
+        self.ctrd
+            .create_container(&NewContainer {
+                id: &record.sandbox_id,
+                image: &pause.name,
+                parent_snapshot: &pause.chain_id,
+                labels: kubelet_labels(plan, "sandbox", "POD"),
+                spec: spec::build(&cs)?,
+            })
+            .await?;
+        let pid = self.ctrd.create_task(&record.sandbox_id, "").await?;
+        self.ctrd.start_task(&record.sandbox_id).await?;
+        Ok(pid)
+    }
+}
+
+/// The image config's `User`, numeric (`uid[:gid]`) or root.
+fn image_user(info: &ImageInfo) -> Result<(u32, u32), RunError> {
+    let user = info.config["User"].as_str().unwrap_or("");
+    if user.is_empty() || user == "root" {
+        return Ok((0, 0));
+    }
+    let (u, g) = user.split_once(':').unwrap_or((user, "0"));
+    match (u.parse(), g.parse()) {
+        (Ok(u), Ok(g)) => Ok((u, g)),
+        _ => Err(RunError::Image {
+            image: info.name.clone(),
+            msg: format!("its User {user:?} is a name; pod-runner needs a numeric uid[:gid]"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn ips_from_each_result_layout() {
+        let v1 = json!({"ips": [{"address": "10.244.1.2/24"}, {"address": "fd00::2/64"}]});
+        assert_eq!(result_ips(&v1), vec!["10.244.1.2", "fd00::2"]);
+        let v02 = json!({"ip4": {"ip": "10.244.1.3/24"}});
+        assert_eq!(result_ips(&v02), vec!["10.244.1.3"]);
+    }
+
+    #[test]
+    fn image_ids_name_the_repository_and_digest() {
+        let info = ImageInfo {
+            name: "localhost:5000/web:latest".into(),
+            digest: "sha256:ab".into(),
+            config: Value::Null,
+            chain_id: String::new(),
+        };
+        assert_eq!(image_id(&info), "localhost:5000/web@sha256:ab");
+    }
+}

@@ -1,0 +1,49 @@
+//! Images a pod needs, by the container's imagePullPolicy, unpacked and
+//! ready for snapshots.
+
+use crate::containerd::ImageInfo;
+
+use super::{RunError, Runner, warn};
+
+impl Runner {
+    /// The image, pulled first when the policy says so.
+    pub(crate) async fn ensure_image(
+        &self,
+        image: &str,
+        policy: &str,
+    ) -> Result<ImageInfo, RunError> {
+        let present = self.ctrd.image_target(image).await?.is_some();
+        let pull = match policy {
+            "Never" => false,
+            "Always" => true,
+            _ => !present,
+        };
+        if pull {
+            match self.ctrd.pull(image).await {
+                Ok(_) => {}
+                // The kubelet would fail here; a node without a registry
+                // (the tutorial's) still runs what it was given.
+                Err(e) if present => warn(&format!(
+                    "image {image}: pull failed ({e}); using the image already on this node"
+                )),
+                Err(e) => {
+                    return Err(RunError::Image {
+                        image: image.to_string(),
+                        msg: format!(
+                            "not on this node and the pull failed: {e} (or import it: pod-runner image import)"
+                        ),
+                    });
+                }
+            }
+        }
+        self.ctrd
+            .ensure_unpacked(image)
+            .await?
+            .ok_or_else(|| RunError::Image {
+                image: image.to_string(),
+                msg: format!(
+                    "not on this node (imagePullPolicy {policy}); import it with pod-runner image import"
+                ),
+            })
+    }
+}

@@ -1,0 +1,101 @@
+//! The kubelet's job for one pod, put together from the parts: the API,
+//! containerd, CNI, the pinned netns and the local record.
+
+mod create;
+mod images;
+mod inspect;
+mod mounts;
+mod teardown;
+
+use std::path::PathBuf;
+
+use crate::api::{ApiError, KubeApi};
+use crate::cni::{self, CniRunError};
+use crate::containerd::{Containerd, CtrdError};
+use crate::netns::NetnsError;
+use crate::pod::PodError;
+use crate::spec::SpecError;
+use crate::state::{StateError, Store};
+
+pub use create::Created;
+pub use inspect::{ContainerView, PodView};
+pub use teardown::Deleted;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("pod {0} not found in the API")]
+    NotFound(String),
+    #[error("pod {0} is being deleted; not starting it")]
+    Deleting(String),
+    #[error(transparent)]
+    Pod(#[from] PodError),
+    #[error(transparent)]
+    Api(#[from] ApiError),
+    #[error(transparent)]
+    Containerd(#[from] CtrdError),
+    #[error(transparent)]
+    Cni(#[from] CniRunError),
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error("image {image}: {msg}")]
+    Image { image: String, msg: String },
+    #[error("volume {volume}: {msg}")]
+    Volume { volume: String, msg: String },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Failed(String),
+    #[error("{error}; everything it made was removed again")]
+    RolledBack { error: Box<RunError> },
+    #[error("{error}; rolling back also failed: {rollback}")]
+    RollbackFailed {
+        error: Box<RunError>,
+        rollback: String,
+    },
+}
+
+/// Where things go on this node.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// Pod records, volumes and hosts files.
+    pub state_dir: PathBuf,
+    /// `/var/log/pods`.
+    pub log_dir: PathBuf,
+    /// The binary the shim runs as the container logger (ourselves).
+    pub logger: PathBuf,
+}
+
+pub struct Runner {
+    /// None when no kubeconfig could be loaded (list, status, logs and
+    /// image commands work without one).
+    pub api: Option<KubeApi>,
+    pub api_error: String,
+    pub ctrd: Containerd,
+    pub cni: cni::Runtime,
+    pub paths: Paths,
+    pub store: Store,
+    pub node: String,
+    /// `--node-ip`; else the Node's InternalIP from the API.
+    pub node_ip: Option<String>,
+    pub pause_image: String,
+}
+
+impl Runner {
+    pub(crate) fn api(&self) -> Result<&KubeApi, RunError> {
+        self.api
+            .as_ref()
+            .ok_or_else(|| RunError::Failed(format!("no API server: {}", self.api_error)))
+    }
+}
+
+/// A warning the user must see (unsupported fields, a fallback taken).
+pub fn warn(msg: &str) {
+    tracing::warn!("{msg}");
+}

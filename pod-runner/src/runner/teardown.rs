@@ -1,0 +1,223 @@
+//! `delete`, and the rollback of a failed create: stop the containers
+//! (SIGTERM, SIGKILL after the grace period), CNI DEL with the cached
+//! result, remove tasks, containers, snapshots, the netns and the pod's
+//! files. Every step is tried; what failed is reported and the record is
+//! kept, so the next delete picks up where this one stopped.
+
+use std::time::{Duration, SystemTime};
+
+use serde_json::Value;
+
+use crate::cni::Attachment;
+use crate::netns;
+use crate::state::PodRecord;
+use crate::status::{self, ContainerObs, PodObs, State};
+
+use super::{RunError, Runner, warn};
+
+const SIGTERM: u32 = 15;
+const SIGKILL: u32 = 9;
+/// How long a SIGKILLed task may take to be reaped.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+
+/// What `delete` did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Deleted {
+    /// Torn down; the exit codes of the app containers.
+    Stopped { exits: Vec<(String, u32)> },
+    /// Nothing of that pod ran here.
+    NothingHere,
+}
+
+impl Runner {
+    /// Stops one task: SIGTERM, SIGKILL after `grace`. Its exit status,
+    /// or `None` when it had no task.
+    async fn stop(&self, id: &str, grace: Duration) -> Result<Option<u32>, RunError> {
+        if self.ctrd.task(id).await?.is_none() {
+            return Ok(None);
+        }
+        self.ctrd.kill(id, SIGTERM).await?;
+        if self.ctrd.wait(id, grace).await?.is_none() {
+            self.ctrd.kill(id, SIGKILL).await?;
+            self.ctrd.wait(id, KILL_WAIT).await?;
+        }
+        Ok(self.ctrd.delete_task(id).await?)
+    }
+
+    /// Tears down everything `r` names; exit codes of the app containers.
+    pub(crate) async fn teardown(
+        &self,
+        r: &PodRecord,
+        grace_seconds: i64,
+    ) -> Result<Vec<(String, u32)>, RunError> {
+        let grace = Duration::from_secs(grace_seconds.max(0) as u64);
+        let mut errors: Vec<String> = Vec::new();
+        let mut exits = Vec::new();
+        // App containers together, as the kubelet does: one grace period.
+        let stops =
+            futures::future::join_all(r.containers.iter().map(|c| self.stop(&c.id, grace))).await;
+        for (c, res) in r.containers.iter().zip(stops) {
+            match res {
+                Ok(Some(code)) => exits.push((c.name.clone(), code)),
+                Ok(None) => {}
+                Err(e) => errors.push(format!("stopping {}: {e}", c.name)),
+            }
+        }
+        // pause exits 0 on SIGTERM at once.
+        if let Err(e) = self.stop(&r.sandbox_id, Duration::from_secs(2)).await {
+            errors.push(format!("stopping the sandbox: {e}"));
+        }
+        for id in r
+            .containers
+            .iter()
+            .map(|c| &c.id)
+            .chain(std::iter::once(&r.sandbox_id))
+        {
+            if let Err(e) = self.ctrd.delete_container(id).await {
+                errors.push(format!("removing container {id}: {e}"));
+            }
+        }
+        let ns_path = if r.netns.exists() {
+            r.netns.to_string_lossy().into_owned()
+        } else {
+            String::new()
+        };
+        let att = Attachment {
+            container_id: &r.sandbox_id,
+            netns: &ns_path,
+            ifname: "eth0",
+            pod_namespace: &r.namespace,
+            pod_name: &r.name,
+            pod_uid: &r.uid,
+        };
+        if let Err(e) = self.cni.del(&att) {
+            errors.push(format!("CNI DEL: {e}"));
+        }
+        if let Err(e) = netns::remove(&r.netns) {
+            errors.push(e.to_string());
+        }
+        match std::fs::remove_dir_all(&r.pod_dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                errors.push(format!("removing {}: {e}", r.pod_dir.display()))
+            }
+            _ => {}
+        }
+        if !errors.is_empty() {
+            return Err(RunError::Failed(errors.join("; ")));
+        }
+        self.store.remove(&r.namespace, &r.name)?;
+        Ok(exits)
+    }
+
+    /// Deletes the pod's containers and network from this node, then tells
+    /// the API: a pod being deleted is removed for good, any other keeps
+    /// its object with the containers reported terminated.
+    pub async fn delete(
+        &self,
+        ns: &str,
+        name: &str,
+        grace_override: Option<i64>,
+    ) -> Result<Deleted, RunError> {
+        let record = self.store.load(ns, name)?;
+        // The API may be down: the local teardown happens anyway.
+        let pod = match async { self.api()?.pod(ns, name).await.map_err(RunError::from) }.await {
+            Ok(p) => p,
+            Err(e) => {
+                warn(&format!("reading pod {ns}/{name}: {e}"));
+                None
+            }
+        };
+        let api_uid = pod.as_ref().and_then(|p| p.metadata.uid.clone());
+        let deleting = pod
+            .as_ref()
+            .is_some_and(|p| p.metadata.deletion_timestamp.is_some());
+        let Some(record) = record else {
+            // Nothing here; a pod being deleted that ran here once (or
+            // never started) is still finished off, as the kubelet does.
+            if deleting
+                && let (Some(p), Some(uid)) = (&pod, &api_uid)
+                && p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(&self.node)
+            {
+                self.api()?.finish_delete(ns, name, uid).await?;
+            }
+            return Ok(Deleted::NothingHere);
+        };
+        let grace = grace_override
+            .or_else(|| {
+                pod.as_ref()
+                    .and_then(|p| p.metadata.deletion_grace_period_seconds)
+            })
+            .unwrap_or(record.grace_seconds);
+        let exits = self.teardown(&record, grace).await?;
+        // Report only on the incarnation we ran.
+        if api_uid.as_deref() == Some(record.uid.as_str())
+            && let Some(pod) = &pod
+        {
+            if deleting {
+                self.api()?.finish_delete(ns, name, &record.uid).await?;
+            } else {
+                let patch = terminated_patch(pod, &record, &exits);
+                self.api()?.patch_status(ns, name, &patch).await?;
+            }
+        }
+        Ok(Deleted::Stopped { exits })
+    }
+}
+
+fn terminated_patch(
+    pod: &k8s_openapi::api::core::v1::Pod,
+    record: &PodRecord,
+    exits: &[(String, u32)],
+) -> Value {
+    let now = SystemTime::now();
+    let old_status = pod.status.as_ref();
+    let start_time = old_status
+        .and_then(|s| s.start_time.as_ref())
+        .map(|t| SystemTime::from(t.0))
+        .unwrap_or(now);
+    let containers = record
+        .containers
+        .iter()
+        .map(|c| {
+            let prev = old_status
+                .and_then(|s| s.container_statuses.as_ref())
+                .and_then(|l| l.iter().find(|s| s.name == c.name));
+            let exit = exits
+                .iter()
+                .find(|(n, _)| *n == c.name)
+                .map(|(_, e)| *e as i32)
+                .unwrap_or(137);
+            ContainerObs {
+                name: c.name.clone(),
+                id: c.id.clone(),
+                image: prev
+                    .map(|p| p.image.clone())
+                    .unwrap_or_else(|| c.image.clone()),
+                image_id: prev.map(|p| p.image_id.clone()).unwrap_or_default(),
+                state: State::Terminated {
+                    exit_code: exit,
+                    reason: if exit == 0 { "Completed" } else { "Error" }.into(),
+                    started: prev
+                        .and_then(|p| p.state.as_ref())
+                        .and_then(|s| s.running.as_ref())
+                        .and_then(|r| r.started_at.as_ref())
+                        .map(|t| SystemTime::from(t.0)),
+                    finished: now,
+                },
+            }
+        })
+        .collect();
+    let obs = PodObs {
+        sandbox_ready: false,
+        pod_ips: record.pod_ips.clone(),
+        host_ip: record.host_ip.clone(),
+        start_time,
+        containers,
+        terminal: true,
+        qos: status::qos_class(pod),
+    };
+    let old = old_status
+        .and_then(|s| serde_json::to_value(&s.conditions).ok())
+        .unwrap_or(Value::Null);
+    status::patch(&obs, &old, now)
+}

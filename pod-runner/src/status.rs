@@ -1,0 +1,302 @@
+//! The Pod status the kubelet would report, as a strategic-merge patch of
+//! `pods/<name>/status`. `conditions` merge by `type` on the server, but
+//! `containerStatuses` is atomic: every patch carries all of them.
+
+use std::time::SystemTime;
+
+use serde_json::{Value, json};
+
+/// A container as observed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum State {
+    Waiting {
+        reason: String,
+        message: String,
+    },
+    Running {
+        started: SystemTime,
+    },
+    Terminated {
+        exit_code: i32,
+        reason: String,
+        started: Option<SystemTime>,
+        finished: SystemTime,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerObs {
+    pub name: String,
+    pub id: String,
+    pub image: String,
+    pub image_id: String,
+    pub state: State,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct PodObs {
+    pub sandbox_ready: bool,
+    pub pod_ips: Vec<String>,
+    pub host_ip: Option<String>,
+    pub start_time: SystemTime,
+    pub containers: Vec<ContainerObs>,
+    /// The pod is being torn down for good (`phase` goes terminal).
+    pub terminal: bool,
+    pub qos: &'static str,
+}
+
+fn ts(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+fn container_status(c: &ContainerObs) -> Value {
+    let running = matches!(c.state, State::Running { .. });
+    let state = match &c.state {
+        State::Waiting { reason, message } => {
+            json!({"waiting": {"reason": reason, "message": message}})
+        }
+        State::Running { started } => json!({"running": {"startedAt": ts(*started)}}),
+        State::Terminated {
+            exit_code,
+            reason,
+            started,
+            finished,
+        } => {
+            let mut t =
+                json!({"exitCode": exit_code, "reason": reason, "finishedAt": ts(*finished)});
+            if let Some(s) = started {
+                t["startedAt"] = json!(ts(*s));
+            }
+            if !c.id.is_empty() {
+                t["containerID"] = json!(format!("containerd://{}", c.id));
+            }
+            json!({"terminated": t})
+        }
+    };
+    let mut s = json!({
+        "name": c.name, "image": c.image, "imageID": c.image_id,
+        "ready": running, "started": running, "restartCount": 0,
+        "state": state, "lastState": {},
+    });
+    if !c.id.is_empty() {
+        s["containerID"] = json!(format!("containerd://{}", c.id));
+    }
+    s
+}
+
+/// A condition, keeping the old transition time while the status holds.
+fn condition(kind: &str, ok: bool, reason: Option<&str>, old: &Value, now: &str) -> Value {
+    let status = if ok { "True" } else { "False" };
+    let prev = old
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| c["type"] == kind);
+    let since = match prev {
+        Some(p) if p["status"] == status => p["lastTransitionTime"].clone(),
+        _ => json!(now),
+    };
+    let mut c = json!({"type": kind, "status": status, "lastProbeTime": null,
+                       "lastTransitionTime": since});
+    if let Some(r) = reason.filter(|_| !ok) {
+        c["reason"] = json!(r);
+    }
+    c
+}
+
+/// The patch. `old_conditions` is the pod's current `status.conditions`.
+pub fn patch(obs: &PodObs, old_conditions: &Value, now: SystemTime) -> Value {
+    let now_s = ts(now);
+    let all_running = !obs.containers.is_empty()
+        && obs
+            .containers
+            .iter()
+            .all(|c| matches!(c.state, State::Running { .. }));
+    let terminated: Vec<i32> = obs
+        .containers
+        .iter()
+        .filter_map(|c| match c.state {
+            State::Terminated { exit_code, .. } => Some(exit_code),
+            _ => None,
+        })
+        .collect();
+    let phase = if obs.terminal && terminated.len() == obs.containers.len() {
+        if terminated.iter().all(|c| *c == 0) {
+            "Succeeded"
+        } else {
+            "Failed"
+        }
+    } else if all_running || obs.sandbox_ready && !terminated.is_empty() {
+        "Running"
+    } else {
+        "Pending"
+    };
+    let conditions = vec![
+        condition(
+            "PodReadyToStartContainers",
+            obs.sandbox_ready,
+            None,
+            old_conditions,
+            &now_s,
+        ),
+        condition("Initialized", true, None, old_conditions, &now_s),
+        condition(
+            "Ready",
+            all_running,
+            Some("ContainersNotReady"),
+            old_conditions,
+            &now_s,
+        ),
+        condition(
+            "ContainersReady",
+            all_running,
+            Some("ContainersNotReady"),
+            old_conditions,
+            &now_s,
+        ),
+    ];
+    let mut status = json!({
+        "phase": phase,
+        "conditions": conditions,
+        "startTime": ts(obs.start_time),
+        "containerStatuses": obs.containers.iter().map(container_status).collect::<Vec<_>>(),
+        "qosClass": obs.qos,
+    });
+    if let Some(ip) = &obs.host_ip {
+        status["hostIP"] = json!(ip);
+        status["hostIPs"] = json!([{"ip": ip}]);
+    }
+    if !obs.pod_ips.is_empty() {
+        status["podIP"] = json!(obs.pod_ips[0]);
+        status["podIPs"] = obs.pod_ips.iter().map(|ip| json!({"ip": ip})).collect();
+    }
+    json!({ "status": status })
+}
+
+/// The kubelet's QoS class from the containers' requests and limits.
+pub fn qos_class(pod: &k8s_openapi::api::core::v1::Pod) -> &'static str {
+    let containers = pod
+        .spec
+        .as_ref()
+        .map(|s| s.containers.as_slice())
+        .unwrap_or(&[]);
+    let mut any = false;
+    let mut guaranteed = true;
+    for c in containers {
+        let r = c.resources.as_ref();
+        let limits = r.and_then(|r| r.limits.as_ref());
+        let requests = r.and_then(|r| r.requests.as_ref());
+        any |= limits.is_some_and(|l| !l.is_empty()) || requests.is_some_and(|q| !q.is_empty());
+        for res in ["cpu", "memory"] {
+            let l = limits.and_then(|l| l.get(res));
+            let q = requests.and_then(|q| q.get(res)).or(l);
+            if l.is_none() || q != l {
+                guaranteed = false;
+            }
+        }
+    }
+    match (any, guaranteed) {
+        (false, _) => "BestEffort",
+        (true, true) => "Guaranteed",
+        (true, false) => "Burstable",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn obs(state: State) -> PodObs {
+        PodObs {
+            sandbox_ready: true,
+            pod_ips: vec!["10.244.1.2".into()],
+            host_ip: Some("192.168.43.111".into()),
+            start_time: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            containers: vec![ContainerObs {
+                name: "web".into(),
+                id: "abc".into(),
+                image: "localhost/web:latest".into(),
+                image_id: "localhost/web@sha256:00".into(),
+                state,
+            }],
+            terminal: false,
+            qos: "BestEffort",
+        }
+    }
+
+    #[test]
+    fn running_pod() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_100);
+        let p = patch(&obs(State::Running { started: now }), &Value::Null, now);
+        let s = &p["status"];
+        assert_eq!(s["phase"], "Running");
+        assert_eq!(s["podIP"], "10.244.1.2");
+        assert_eq!(s["hostIPs"][0]["ip"], "192.168.43.111");
+        assert_eq!(s["containerStatuses"][0]["containerID"], "containerd://abc");
+        assert_eq!(s["containerStatuses"][0]["ready"], true);
+        assert!(s["containerStatuses"][0]["state"]["running"]["startedAt"].is_string());
+        let kinds: Vec<&str> = s["conditions"]
+            .as_array()
+            .expect("conditions")
+            .iter()
+            .map(|c| c["type"].as_str().unwrap_or(""))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "PodReadyToStartContainers",
+                "Initialized",
+                "Ready",
+                "ContainersReady"
+            ]
+        );
+        assert!(
+            s["conditions"]
+                .as_array()
+                .expect("c")
+                .iter()
+                .all(|c| c["status"] == "True")
+        );
+    }
+
+    #[test]
+    fn transition_times_hold_while_the_status_does() {
+        let old = json!([{"type": "Ready", "status": "True", "lastTransitionTime": "2020-01-01T00:00:00Z"},
+                         {"type": "Initialized", "status": "False", "lastTransitionTime": "2020-01-01T00:00:00Z"}]);
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_100);
+        let p = patch(&obs(State::Running { started: now }), &old, now);
+        let c = |t: &str| {
+            p["status"]["conditions"]
+                .as_array()
+                .expect("c")
+                .iter()
+                .find(|c| c["type"] == t)
+                .cloned()
+                .expect("cond")
+        };
+        assert_eq!(c("Ready")["lastTransitionTime"], "2020-01-01T00:00:00Z");
+        assert_eq!(c("Initialized")["lastTransitionTime"], ts(now));
+    }
+
+    #[test]
+    fn terminated_pod_goes_terminal() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_100);
+        let mut o = obs(State::Terminated {
+            exit_code: 137,
+            reason: "Error".into(),
+            started: Some(now),
+            finished: now,
+        });
+        o.terminal = true;
+        o.sandbox_ready = false;
+        let p = patch(&o, &Value::Null, now);
+        assert_eq!(p["status"]["phase"], "Failed");
+        assert_eq!(
+            p["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"],
+            137
+        );
+        assert_eq!(p["status"]["conditions"][2]["status"], "False");
+        assert_eq!(p["status"]["conditions"][2]["reason"], "ContainersNotReady");
+    }
+}
