@@ -19,6 +19,7 @@ APT_PACKAGES=(
   skopeo                      # copies test images into podman's storage
   umoci                       # builds the test images (no registry is reachable)
   busybox-static              # the test images' userland
+  docker-registry             # an OCI registry on loopback for pod-runner's image pull test
 )
 
 missing=()

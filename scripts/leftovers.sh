@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Fails when the test suite left anything of ours running or configured:
-# network namespaces (tb-*, cb-*), containerd or shims started from our
-# temporary state dirs, qemu, or an API server stand-in.
+# network namespaces (tb-*, cb-*, and pod-runner's sandboxes cni-*),
+# containerd or shims started from our temporary state dirs, qemu, or an
+# API server stand-in.
 set -uo pipefail
 left=0
-ns=$(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^(tb-|cb-)' || true)
+ns=$(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^(tb-|cb-|cni-)' || true)
 if [[ -n "$ns" ]]; then
   echo "leftover network namespaces: $ns" >&2
   left=1

@@ -143,6 +143,11 @@ impl Runtime {
         }
     }
 
+    /// Whether an ADD of this attachment completed (its result is cached).
+    pub fn has_cache(&self, att: &Attachment<'_>) -> bool {
+        matches!(self.read_cache(att), Ok(Some(_)))
+    }
+
     /// CHECK of every plugin with the cached result.
     pub fn check(&self, att: &Attachment<'_>) -> Result<(), CniRunError> {
         let (net, prev) = self.read_cache(att)?.ok_or_else(|| {

@@ -50,6 +50,10 @@ pub struct Listed {
     pub created_at: Option<std::time::SystemTime>,
 }
 
+fn create_lease(id: &str) -> String {
+    format!("pod-runner-create-{id}")
+}
+
 fn not_found(s: &tonic::Status) -> bool {
     s.code() == tonic::Code::NotFound
 }
@@ -64,10 +68,19 @@ impl Containerd {
     /// The container record and its writable snapshot (key = id), under a
     /// lease so the snapshot cannot be collected before the record holds it.
     pub async fn create_container(&self, c: &NewContainer<'_>) -> Result<(), CtrdError> {
-        let lease = self.lease(&format!("pod-runner-create-{}", c.id)).await?;
+        // A create killed before it dropped the lease left it: reuse it.
+        let lease = self.lease_reusing(&create_lease(c.id)).await?;
         let r = self.create_under(&lease, c).await;
         let _ = self.drop_lease(&lease).await;
         r
+    }
+
+    /// Removes the lease a killed create left; none is fine.
+    pub async fn drop_create_lease(&self, id: &str) -> Result<(), CtrdError> {
+        match self.drop_lease(&create_lease(id)).await {
+            Err(e) if e.is_not_found() => Ok(()),
+            other => other,
+        }
     }
 
     async fn create_under(&self, lease: &str, c: &NewContainer<'_>) -> Result<(), CtrdError> {

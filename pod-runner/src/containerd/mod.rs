@@ -43,6 +43,10 @@ impl CtrdError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, CtrdError::Rpc { status, .. } if status.code() == tonic::Code::NotFound)
     }
+
+    pub fn is_already_exists(&self) -> bool {
+        matches!(self, CtrdError::Rpc { status, .. } if status.code() == tonic::Code::AlreadyExists)
+    }
 }
 
 fn rpc(call: &'static str) -> impl FnOnce(tonic::Status) -> CtrdError {
@@ -116,6 +120,14 @@ impl Containerd {
             .lease
             .map(|l| l.id)
             .unwrap_or_else(|| id.to_string()))
+    }
+
+    /// A lease with a fixed ID; one a killed run left is taken over.
+    pub(crate) async fn lease_reusing(&self, id: &str) -> Result<String, CtrdError> {
+        match self.lease(id).await {
+            Err(e) if e.is_already_exists() => Ok(id.to_string()),
+            other => other,
+        }
     }
 
     pub(crate) async fn drop_lease(&self, id: &str) -> Result<(), CtrdError> {

@@ -178,15 +178,25 @@ impl Containerd {
         }
         let chains = chain_ids(&diff_ids);
         let top = chains.last().cloned().unwrap_or_default();
-        if !self.snapshot_exists(&top).await? {
+        if self.snapshot_exists(&top).await? {
+            self.label_config(&config_digest, &top).await?;
+        } else {
+            // The label goes on before the lease ends: between the two,
+            // nothing would hold the new snapshots and GC could take them.
             let lease = self
-                .lease(&format!("pod-runner-unpack-{}", &top[7..19]))
+                .lease_reusing(&format!(
+                    "pod-runner-unpack-{}",
+                    top.get(7..19).unwrap_or(&top)
+                ))
                 .await?;
-            let r = self.unpack_under(&lease, name, &layers, &chains).await;
+            let r = async {
+                self.unpack_under(&lease, name, &layers, &chains).await?;
+                self.label_config(&config_digest, &top).await
+            }
+            .await;
             let _ = self.drop_lease(&lease).await;
             r?;
         }
-        self.label_config(&config_digest, &top).await?;
         Ok(Some(ImageInfo {
             name: name.to_string(),
             digest: target.digest,

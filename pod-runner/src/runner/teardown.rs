@@ -76,6 +76,10 @@ impl Runner {
             if let Err(e) = self.ctrd.delete_container(id).await {
                 errors.push(format!("removing container {id}: {e}"));
             }
+            // A create killed half-way leaves its lease (it would expire).
+            if let Err(e) = self.ctrd.drop_create_lease(id).await {
+                errors.push(format!("removing the lease of {id}: {e}"));
+            }
         }
         let ns_path = if r.netns.exists() {
             r.netns.to_string_lossy().into_owned()
@@ -90,8 +94,15 @@ impl Runner {
             pod_name: &r.name,
             pod_uid: &r.uid,
         };
-        if let Err(e) = self.cni.del(&att) {
-            errors.push(format!("CNI DEL: {e}"));
+        let cached = self.cni.has_cache(&att);
+        match self.cni.del(&att) {
+            Ok(()) => {}
+            // No ADD completed and the config does not load: nothing can
+            // have been set up with it (a failed ADD undoes itself).
+            Err(e @ crate::cni::CniRunError::Config(_)) if !cached => {
+                warn(&format!("CNI DEL skipped: {e}"))
+            }
+            Err(e) => errors.push(format!("CNI DEL: {e}")),
         }
         if let Err(e) = netns::remove(&r.netns) {
             errors.push(e.to_string());

@@ -141,7 +141,12 @@ impl Env {
     /// Creates the testdata pod and, as the scheduler does, binds it to
     /// `node`.
     pub async fn create_pod(&self, file: &str, node: Option<&str>) -> Pod {
-        let pod: Pod = testbed::testdata::load_one(file);
+        self.create_pod_object(testbed::testdata::load_one(file), node)
+            .await
+    }
+
+    /// Creates `pod` and binds it to `node`.
+    pub async fn create_pod_object(&self, pod: Pod, node: Option<&str>) -> Pod {
         let pods: Api<Pod> = Api::namespaced(self.admin().await, "default");
         let made = pods
             .create(&PostParams::default(), &pod)
