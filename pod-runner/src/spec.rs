@@ -45,6 +45,7 @@ pub struct ContainerSpec {
     pub cpu_shares: Option<u64>,
     pub cgroups_path: String,
     pub read_only_rootfs: bool,
+    pub annotations: Vec<(String, String)>,
 }
 
 fn mount(m: &PodMount) -> Mount {
@@ -80,6 +81,7 @@ fn mount(m: &PodMount) -> Mount {
 pub fn build(c: &ContainerSpec) -> Result<Vec<u8>, SpecError> {
     let mut spec = Spec::default();
     spec.set_hostname(c.hostname.clone());
+    spec.set_annotations(Some(c.annotations.iter().cloned().collect()));
     let mut process = spec.process().clone().unwrap_or_default();
     process.set_args(Some(c.args.clone()));
     process.set_env(Some(c.env.clone()));

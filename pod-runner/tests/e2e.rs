@@ -81,6 +81,16 @@ async fn web_002_runs_reports_and_goes() {
         "{info}"
     );
     assert!(Env::netns_of(&uid).exists());
+    // One runc shim serves the whole pod (the CRI sandbox-id annotation).
+    let sock = env.ctrd.socket().display().to_string();
+    let shims = std::fs::read_dir("/proc")
+        .expect("proc")
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.starts_with("/usr/bin/containerd-shim-runc-v2") && c.contains(&sock))
+        .count();
+    assert_eq!(shims, 1, "shims for one pod");
 
     // logs: the server's own output.
     let logs = env.pod_runner(&["logs", "web-002"]);

@@ -54,6 +54,27 @@ fn kubelet_labels(plan: &PodPlan, kind: &str, container: &str) -> HashMap<String
     l
 }
 
+/// The CRI plugin's spec annotations. `sandbox-id` also makes the runc
+/// shim serve the whole pod from one process instead of one per container.
+fn cri_annotations(
+    plan: &PodPlan,
+    sandbox_id: &str,
+    kind: &str,
+    extra: &[(&str, &str)],
+) -> Vec<(String, String)> {
+    let mut a = vec![
+        ("io.kubernetes.cri.container-type", kind),
+        ("io.kubernetes.cri.sandbox-id", sandbox_id),
+        ("io.kubernetes.cri.sandbox-name", &plan.name),
+        ("io.kubernetes.cri.sandbox-namespace", &plan.namespace),
+        ("io.kubernetes.cri.sandbox-uid", &plan.uid),
+    ];
+    a.extend_from_slice(extra);
+    a.into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
 fn image_id(info: &ImageInfo) -> String {
     let repo = match info.name.rsplit_once(':') {
         Some((r, tag)) if !tag.contains('/') => r,
@@ -261,6 +282,15 @@ impl Runner {
                     .map(|m| ((m * 1024 / 1000).max(2)) as u64),
                 cgroups_path: self.cgroup(plan, &app.id),
                 read_only_rootfs: false,
+                annotations: cri_annotations(
+                    plan,
+                    &record.sandbox_id,
+                    "container",
+                    &[
+                        ("io.kubernetes.cri.container-name", &c.name),
+                        ("io.kubernetes.cri.image-name", &info.name),
+                    ],
+                ),
             };
             let log = record.log_dir.join(&c.name).join("0.log");
             if let Some(dir) = log.parent() {
@@ -353,6 +383,7 @@ impl Runner {
             ],
             cgroups_path: self.cgroup(plan, &record.sandbox_id),
             read_only_rootfs: true,
+            annotations: cri_annotations(plan, &record.sandbox_id, "sandbox", &[]),
             ..ContainerSpec::default()
         };
         self.ctrd
