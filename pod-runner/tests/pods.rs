@@ -4,14 +4,16 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use common::{Env, stdout, text};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams};
 use serde_json::json;
+
+fn addr(ip: &str) -> std::net::SocketAddr {
+    format!("{ip}:8080").parse().expect("addr")
+}
 
 fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
     let t = Instant::now();
@@ -137,21 +139,6 @@ async fn spec_fields_reach_the_container() {
     );
 }
 
-/// `GET /` to `addr` from inside the netns at `path`.
-fn get_from(path: &std::path::Path, addr: &str) -> String {
-    netkit::netns::run_in(path, || {
-        let mut s =
-            TcpStream::connect_timeout(&addr.parse().expect("addr"), Duration::from_secs(5))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
-        let mut out = String::new();
-        s.read_to_string(&mut out)?;
-        Ok::<_, std::io::Error>(out)
-    })
-    .expect("netns")
-    .expect("GET")
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn two_pods_on_one_node_reach_each_other() {
     let env = Env::new("prtwo");
@@ -174,9 +161,9 @@ async fn two_pods_on_one_node_reach_each_other() {
         );
     }
     assert_ne!(ips[0], ips[1]);
-    let a = get_from(&Env::netns_of(&uids[0]), &format!("{}:8080", ips[1]));
+    let a = testbed::http::get_in(&Env::netns_of(&uids[0]), addr(&ips[1]));
     assert!(a.ends_with("\nweb-002\n"), "{a}");
-    let b = get_from(&Env::netns_of(&uids[1]), &format!("{}:8080", ips[0]));
+    let b = testbed::http::get_in(&Env::netns_of(&uids[1]), addr(&ips[0]));
     assert!(b.ends_with("\nweb-001\n"), "{b}");
     let list = stdout(&env.pod_runner(&["list"]));
     assert!(

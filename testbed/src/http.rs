@@ -5,12 +5,19 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
+use std::path::Path;
+
 use crate::Netns;
 
 /// The whole response (status line, headers, body) of `GET /` to `addr`,
 /// sent from `ns`. Panics when nothing answers within about five seconds.
 pub fn get(ns: &Netns, addr: SocketAddr) -> String {
-    ns.run(|| {
+    get_in(&ns.path(), addr)
+}
+
+/// Like [`get`], from the netns at `path` (a pod's pinned netns, say).
+pub fn get_in(path: &Path, addr: SocketAddr) -> String {
+    netkit::netns::run_in(path, || {
         let mut last = None;
         for _ in 0..50 {
             match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
@@ -27,5 +34,7 @@ pub fn get(ns: &Netns, addr: SocketAddr) -> String {
         }
         Err(last.unwrap_or_else(|| std::io::Error::other("no attempt")))
     })
-    .unwrap_or_else(|e: std::io::Error| panic!("GET http://{addr}/: {e}"))
+    .map_err(|e| std::io::Error::other(e.to_string()))
+    .and_then(|r| r)
+    .unwrap_or_else(|e: std::io::Error| panic!("GET http://{addr}/ from {}: {e}", path.display()))
 }
