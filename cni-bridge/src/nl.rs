@@ -16,11 +16,12 @@ use netlink_packet_route::AddressFamily;
 use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::address::{AddressAttribute, AddressMessage, AddressScope};
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage, State,
+    AfSpecBridge, BridgeFlag, BridgeVlanInfo, BridgeVlanInfoFlags, InfoBridge, InfoData, InfoKind,
+    InfoVeth, LinkAttribute, LinkExtentMask, LinkFlags, LinkInfo, LinkMessage, State,
 };
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
 use rtnetlink::{
-    Handle, LinkBridge, LinkBridgePort, LinkMessageBuilder, LinkUnspec, LinkVeth,
+    Handle, LinkBridge, LinkBridgePort, LinkBridgeVlan, LinkMessageBuilder, LinkUnspec, LinkVeth,
     RouteMessageBuilder,
 };
 
@@ -46,6 +47,11 @@ impl NlError {
         self.errno() == Some(libc_errno::EEXIST)
     }
 
+    /// EOPNOTSUPP: e.g. bridge VLAN filtering on a kernel built without it.
+    pub fn is_not_supported(&self) -> bool {
+        self.errno() == Some(libc_errno::EOPNOTSUPP)
+    }
+
     pub fn is_not_found(&self) -> bool {
         matches!(
             self.errno(),
@@ -63,6 +69,7 @@ mod libc_errno {
     pub const ESRCH: i32 = nix::errno::Errno::ESRCH as i32;
     pub const ENOENT: i32 = nix::errno::Errno::ENOENT as i32;
     pub const EADDRNOTAVAIL: i32 = nix::errno::Errno::EADDRNOTAVAIL as i32;
+    pub const EOPNOTSUPP: i32 = nix::errno::Errno::EOPNOTSUPP as i32;
 }
 
 /// What the plugins need to know about a link.
@@ -77,6 +84,9 @@ pub struct Link {
     pub promisc: bool,
     pub controller: Option<u32>,
     pub kind: Option<String>,
+    /// A bridge's IFLA_BR_VLAN_FILTERING; `None` when the kernel does not
+    /// report it (built without bridge VLAN filtering) or not a bridge.
+    pub vlan_filtering: Option<bool>,
 }
 
 impl Link {
@@ -91,6 +101,7 @@ impl Link {
             promisc: m.header.flags.contains(LinkFlags::Promisc),
             controller: None,
             kind: None,
+            vlan_filtering: None,
         };
         for attr in &m.attributes {
             match attr {
@@ -101,8 +112,15 @@ impl Link {
                 LinkAttribute::Controller(c) => link.controller = Some(*c),
                 LinkAttribute::LinkInfo(infos) => {
                     for i in infos {
-                        if let LinkInfo::Kind(k) = i {
-                            link.kind = Some(kind_name(k));
+                        match i {
+                            LinkInfo::Kind(k) => link.kind = Some(kind_name(k)),
+                            LinkInfo::Data(InfoData::Bridge(opts)) => {
+                                link.vlan_filtering = opts.iter().find_map(|o| match o {
+                                    InfoBridge::VlanFiltering(on) => Some(*on),
+                                    _ => None,
+                                });
+                            }
+                            _ => {}
                         }
                     }
                 }
@@ -148,6 +166,91 @@ pub fn parse_mac(s: &str) -> Option<Vec<u8>> {
         .map(|p| u8::from_str_radix(p, 16).ok().filter(|_| p.len() == 2))
         .collect::<Option<_>>()?;
     (bytes.len() == 6).then_some(bytes)
+}
+
+/// VLANs `first..=last` of a bridge port with the same flags (one VLAN when
+/// `first == last`). `pvid` is only valid on a single VLAN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VlanRange {
+    pub first: u16,
+    pub last: u16,
+    pub pvid: bool,
+    pub untagged: bool,
+}
+
+/// One VLAN of a bridge port as the kernel lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PortVlan {
+    pub vid: u16,
+    pub pvid: bool,
+    pub untagged: bool,
+}
+
+/// The IFLA_BRIDGE_VLAN_INFO entries of `ranges`, a range as a
+/// RANGE_BEGIN/RANGE_END pair, so one message carries any number of VLANs.
+fn vlan_infos(ranges: &[VlanRange]) -> Vec<BridgeVlanInfo> {
+    let mut out = Vec::new();
+    for r in ranges {
+        let mut flags = BridgeVlanInfoFlags::empty();
+        if r.pvid {
+            flags |= BridgeVlanInfoFlags::Pvid;
+        }
+        if r.untagged {
+            flags |= BridgeVlanInfoFlags::Untagged;
+        }
+        if r.first == r.last {
+            out.push(BridgeVlanInfo {
+                flags,
+                vid: r.first,
+            });
+        } else {
+            out.push(BridgeVlanInfo {
+                flags: flags | BridgeVlanInfoFlags::RangeBegin,
+                vid: r.first,
+            });
+            out.push(BridgeVlanInfo {
+                flags: flags | BridgeVlanInfoFlags::RangeEnd,
+                vid: r.last,
+            });
+        }
+    }
+    out
+}
+
+/// The port's VLANs from a bridge dump's IFLA_AF_SPEC (ranges expanded).
+fn port_vlans_of(specs: &[AfSpecBridge]) -> Vec<PortVlan> {
+    let mut out = Vec::new();
+    let mut begin: Option<u16> = None;
+    for s in specs {
+        let AfSpecBridge::VlanInfo(info) = s else {
+            continue;
+        };
+        let entry = |vid| PortVlan {
+            vid,
+            pvid: info.flags.contains(BridgeVlanInfoFlags::Pvid),
+            untagged: info.flags.contains(BridgeVlanInfoFlags::Untagged),
+        };
+        if info.flags.contains(BridgeVlanInfoFlags::RangeBegin) {
+            begin = Some(info.vid);
+        } else if info.flags.contains(BridgeVlanInfoFlags::RangeEnd) {
+            let first = begin.take().unwrap_or(info.vid);
+            out.extend((first..=info.vid).map(entry));
+        } else {
+            out.push(entry(info.vid));
+        }
+    }
+    out
+}
+
+/// AF_BRIDGE RTM_SETLINK/RTM_DELLINK body for a port's VLANs; the MASTER
+/// flag names the bridge's VLAN table, not the port device's own.
+fn port_vlan_message(port: u32, ranges: &[VlanRange]) -> LinkMessage {
+    let mut b =
+        LinkBridgeVlan::new(port).append_af_spec(AfSpecBridge::Flags(BridgeFlag::Controller));
+    for info in vlan_infos(ranges) {
+        b = b.append_af_spec(AfSpecBridge::VlanInfo(info));
+    }
+    b.build()
 }
 
 pub struct Netlink {
@@ -202,10 +305,21 @@ impl Netlink {
         }
     }
 
-    pub fn add_bridge(&self, name: &str, mtu: Option<u32>) -> Result<(), NlError> {
+    /// A bridge, up. IFLA_BR_VLAN_FILTERING is sent only when asked for:
+    /// a kernel without bridge VLAN filtering refuses the attribute (even
+    /// as 0) and then creates nothing.
+    pub fn add_bridge(
+        &self,
+        name: &str,
+        mtu: Option<u32>,
+        vlan_filtering: bool,
+    ) -> Result<(), NlError> {
         let mut b = LinkBridge::new(name);
         if let Some(m) = mtu {
             b = b.mtu(m);
+        }
+        if vlan_filtering {
+            b = b.vlan_filtering(true);
         }
         let msg = b.build();
         let h = self.handle.clone();
@@ -285,6 +399,63 @@ impl Netlink {
         let msg = LinkBridgePort::new(index).isolated(on).build();
         let h = self.handle.clone();
         self.run(async move { h.link().set_port(msg).execute().await })
+    }
+
+    /// `ip link set <bridge> type bridge vlan_filtering <on>`.
+    pub fn set_vlan_filtering(&self, index: u32, on: bool) -> Result<(), NlError> {
+        let msg = LinkMessageBuilder::<LinkBridge>::new_with_info_kind(InfoKind::Bridge)
+            .index(index)
+            .vlan_filtering(on)
+            .build();
+        let h = self.handle.clone();
+        self.run(async move { h.link().change(msg).execute().await })
+    }
+
+    /// `bridge vlan add dev <port> vid ... master` for all of `ranges` in
+    /// one RTM_SETLINK.
+    pub fn port_vlans_add(&self, port: u32, ranges: &[VlanRange]) -> Result<(), NlError> {
+        if ranges.is_empty() {
+            return Ok(());
+        }
+        let msg = port_vlan_message(port, ranges);
+        let h = self.handle.clone();
+        self.run(async move { h.link().set(msg).execute().await })
+    }
+
+    /// `bridge vlan del dev <port> vid ... master` in one RTM_DELLINK.
+    pub fn port_vlans_del(&self, port: u32, ranges: &[VlanRange]) -> Result<(), NlError> {
+        if ranges.is_empty() {
+            return Ok(());
+        }
+        let msg = port_vlan_message(port, ranges);
+        let h = self.handle.clone();
+        self.run(async move { h.link().del_with_message(msg).execute().await })
+    }
+
+    /// The VLANs of bridge port `port` (`bridge vlan show dev <port>`).
+    /// AF_BRIDGE links can only be dumped, so this dumps and picks.
+    pub fn port_vlans(&self, port: u32) -> Result<Vec<PortVlan>, NlError> {
+        let h = self.handle.clone();
+        let msgs: Vec<LinkMessage> = self.run(async move {
+            h.link()
+                .get()
+                .set_filter_mask(
+                    AddressFamily::Bridge,
+                    vec![LinkExtentMask::BrvlanCompressed],
+                )
+                .execute()
+                .try_collect()
+                .await
+        })?;
+        let mut out = Vec::new();
+        for m in msgs.iter().filter(|m| m.header.index == port) {
+            for a in &m.attributes {
+                if let LinkAttribute::AfSpecBridge(specs) = a {
+                    out.extend(port_vlans_of(specs));
+                }
+            }
+        }
+        Ok(out)
     }
 
     pub fn del_link(&self, index: u32) -> Result<(), NlError> {
@@ -439,5 +610,58 @@ impl Netlink {
         } else {
             AddressFamily::Inet6
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(first: u16, last: u16, pvid: bool, untagged: bool) -> VlanRange {
+        VlanRange {
+            first,
+            last,
+            pvid,
+            untagged,
+        }
+    }
+
+    #[test]
+    fn vlan_ranges_become_begin_end_pairs_and_back() {
+        let ranges = [range(100, 100, true, true), range(200, 202, false, false)];
+        let infos = vlan_infos(&ranges);
+        let f = |v: &BridgeVlanInfo| (v.vid, v.flags.bits());
+        assert_eq!(
+            infos.iter().map(f).collect::<Vec<_>>(),
+            vec![(100, 0b110), (200, 0b1000), (202, 0b10000)]
+        );
+        let specs: Vec<AfSpecBridge> = infos.into_iter().map(AfSpecBridge::VlanInfo).collect();
+        let back = port_vlans_of(&specs);
+        let vid = |vid, pvid, untagged| PortVlan {
+            vid,
+            pvid,
+            untagged,
+        };
+        assert_eq!(
+            back,
+            vec![
+                vid(100, true, true),
+                vid(200, false, false),
+                vid(201, false, false),
+                vid(202, false, false)
+            ]
+        );
+    }
+
+    #[test]
+    fn a_port_vlan_message_is_af_bridge_with_the_master_flag() {
+        let msg = port_vlan_message(7, &[range(5, 5, false, false)]);
+        assert_eq!(msg.header.index, 7);
+        assert_eq!(msg.header.interface_family, AddressFamily::Bridge);
+        let Some(LinkAttribute::AfSpecBridge(specs)) = msg.attributes.first() else {
+            panic!("no IFLA_AF_SPEC: {msg:?}");
+        };
+        assert_eq!(specs[0], AfSpecBridge::Flags(BridgeFlag::Controller));
+        assert_eq!(specs.len(), 2);
     }
 }

@@ -1,9 +1,9 @@
 //! A throw-away VM with Debian's kernel, for what this host's kernel lacks
 //! (IPVS, dummy interfaces, bridge VLAN filtering). qemu runs it under TCG
-//! (KVM does not work here) with an initramfs of busybox, iproute2, ipset,
-//! iptables (nft and legacy), ipvsadm, conntrack, nft and the needed
-//! modules; a test adds its own files and a script, and gets the script's
-//! stdout, stderr and exit status back.
+//! (KVM does not work here) with an initramfs of busybox, iproute2 (`ip`,
+//! `bridge`), ipset, iptables (nft and legacy), ipvsadm, conntrack, nft and
+//! the needed modules; a test adds its own files and a script, and gets the
+//! script's stdout, stderr and exit status back.
 //!
 //! ```no_run
 //! use std::time::Duration;

@@ -3,6 +3,8 @@
 use cni_protocol::{CniError, ErrorCode};
 use serde::Deserialize;
 
+use super::vlan::{TrunkEntry, VlanPlan};
+
 pub const DEFAULT_BRIDGE: &str = "cni0";
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -26,10 +28,12 @@ pub struct NetConf {
     pub hairpin_mode: bool,
     #[serde(rename = "promiscMode", default)]
     pub promisc_mode: bool,
+    /// Signed like the reference's, so -1 gets its range message.
     #[serde(default)]
-    pub vlan: u32,
+    pub vlan: i64,
     #[serde(rename = "vlanTrunk", default)]
-    pub vlan_trunk: Option<serde_json::Value>,
+    pub vlan_trunk: Option<Vec<TrunkEntry>>,
+    /// Absent means true, as in the reference.
     #[serde(rename = "preserveDefaultVlan", default)]
     pub preserve_default_vlan: Option<bool>,
     #[serde(rename = "enabledad", default)]
@@ -46,6 +50,9 @@ pub struct NetConf {
     pub args: Args,
     #[serde(rename = "runtimeConfig", default)]
     pub runtime_config: RuntimeConfig,
+    /// `vlan`, `vlanTrunk` and `preserveDefaultVlan`, checked by [`NetConf::load`].
+    #[serde(skip)]
+    pub vlans: VlanPlan,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -94,12 +101,9 @@ impl NetConf {
                 "cannot set hairpin mode and promiscuous mode at the same time.",
             ));
         }
-        if n.vlan > 4094 {
-            return Err(CniError::internal(format!(
-                "invalid VLAN ID {} (must be between 0 and 4094)",
-                n.vlan
-            )));
-        }
+        // The reference's messages, as plain (code 999) errors.
+        n.vlans = VlanPlan::new(n.vlan, n.vlan_trunk.as_deref(), n.preserve_default_vlan)
+            .map_err(|e| CniError::internal(e.to_string()))?;
         if n.disable_container_interface && n.is_layer3() {
             return Err(CniError::new(
                 ErrorCode::InvalidNetworkConfig,

@@ -5,5 +5,7 @@ pub mod config;
 mod gateway;
 mod plugin;
 mod setup;
+pub mod vlan;
+mod vlan_setup;
 
 pub use plugin::Bridge;

@@ -11,7 +11,7 @@ use crate::nl::{Netlink, format_mac};
 use crate::{masq, masq_nft, spoofcheck};
 
 use super::config::{MasqBackend, NetConf};
-use super::{gateway, setup};
+use super::{gateway, setup, vlan_setup};
 use setup::{nl_err, ns_err};
 
 pub struct Bridge;
@@ -19,11 +19,19 @@ pub struct Bridge;
 fn load(req: &Request) -> Result<NetConf, CniError> {
     let conf = NetConf::load(&req.stdin)?;
     conf.masq_backend()?;
-    if conf.vlan != 0 || conf.vlan_trunk.is_some() {
+    // `<bridge>.<vlan>` must be a valid name before anything is made; the
+    // reference finds out halfway through its ADD.
+    if conf.is_layer3()
+        && conf.is_gateway
+        && let Some(gw_if) = conf.vlans.gateway_ifname(&conf.bridge)
+        && cni_protocol::validate::interface_name(&gw_if).is_err()
+    {
         return Err(CniError::new(
             ErrorCode::InvalidNetworkConfig,
-            "vlan and vlanTrunk need bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING), \
-             which this build does not program yet: the kernels it is tested on lack it",
+            format!(
+                "bridge name {:?} too long for the VLAN gateway interface {gw_if:?}",
+                conf.bridge
+            ),
         ));
     }
     Ok(conf)
@@ -71,6 +79,10 @@ fn cni_args_mac(req: &Request) -> Result<Option<String>, CniError> {
 struct Undo {
     host_veth: Option<String>,
     bridge: Option<u32>,
+    /// A bridge that existed without VLAN filtering, turned on by this call.
+    vlan_filtering: Option<u32>,
+    /// The access VLAN's gateway interface, made by this call.
+    vlan_gateway: Option<u32>,
     ipam: bool,
     masq: bool,
     spoof: bool,
@@ -89,11 +101,16 @@ impl Undo {
         {
             let _ = nl.del_link(l.index);
         }
+        if let Some(gw) = self.vlan_gateway {
+            let _ = nl.del_link(gw);
+        }
         if self.ipam {
             let _ = ipam::exec_del(&conf.ipam.plugin, req);
         }
         if let Some(br) = self.bridge {
             let _ = nl.del_link(br);
+        } else if let Some(br) = self.vlan_filtering {
+            let _ = nl.set_vlan_filtering(br, false);
         }
     }
 }
@@ -123,9 +140,13 @@ fn add_steps(
     nl: &Netlink,
     undo: &mut Undo,
 ) -> Result<CniResult, CniError> {
-    let (br, created) = setup::ensure_bridge(nl, conf)?;
-    if created {
+    let ensured = setup::ensure_bridge(nl, conf)?;
+    let br = ensured.link;
+    if ensured.created {
         undo.bridge = Some(br.index);
+    }
+    if ensured.enabled_vlan_filtering {
+        undo.vlan_filtering = Some(br.index);
     }
     let mtu = (conf.mtu > 0).then_some(conf.mtu);
     let (host, cont) = setup::create_veth(
@@ -144,6 +165,7 @@ fn add_steps(
     }
 
     let mut result = CniResult::default();
+    let mut extra_ifs = Vec::new();
     if conf.is_layer3() {
         let ipam_result = ipam::exec_add(&conf.ipam.plugin, req)?;
         undo.ipam = true;
@@ -157,8 +179,32 @@ fn add_steps(
         setup::configure_container(netns_path, &req.env.ifname, &result, conf.enable_dad)?;
         setup::wait_oper_up(nl, host_link.index)?;
         if conf.is_gateway {
+            // An access VLAN's gateway lives on `<bridge>.<vlan>`, not on
+            // the bridge (the reference's layout), listed last in the result.
+            let gw_if = match conf.vlans.gateway_ifname(&conf.bridge) {
+                Some(name) if !gws.is_empty() => {
+                    let (link, created) = vlan_setup::ensure_gateway_if(nl, &br, conf, &name)?;
+                    if created {
+                        undo.vlan_gateway = Some(link.index);
+                    }
+                    Some(link)
+                }
+                _ => None,
+            };
             for gw in &gws {
-                setup::ensure_bridge_addr(nl, &br, *gw, conf.force_address)?;
+                setup::ensure_bridge_addr(
+                    nl,
+                    gw_if.as_ref().unwrap_or(&br),
+                    *gw,
+                    conf.force_address,
+                )?;
+            }
+            if let Some(l) = &gw_if {
+                extra_ifs.push(Interface {
+                    name: l.name.clone(),
+                    mac: l.mac_string(),
+                    ..Interface::default()
+                });
             }
             setup::enable_forwarding(
                 gws.iter().any(|g| g.is_ipv4()),
@@ -194,6 +240,7 @@ fn add_steps(
             ..Interface::default()
         },
     ];
+    result.interfaces.extend(extra_ifs);
     Ok(result)
 }
 
@@ -278,6 +325,8 @@ fn check(req: &Request) -> Result<(), CniError> {
         .link_by_name(&conf.bridge)
         .map_err(|e| nl_err("looking up the bridge", e))?
         .ok_or_else(|| CniError::internal(format!("failed to lookup bridge {:?}", conf.bridge)))?;
+    vlan_setup::verify_bridge(&br, &conf)?;
+    let gw_if = conf.vlans.gateway_ifname(&conf.bridge);
     let ifname = &req.env.ifname;
     let cont_idx = prev
         .interfaces
@@ -287,12 +336,27 @@ fn check(req: &Request) -> Result<(), CniError> {
             CniError::internal(format!("Sandbox interface {ifname} not in prevResult"))
         })?;
     let cont = &prev.interfaces[cont_idx];
-    // The host end: a port of our bridge named in prevResult.
-    for i in prev
-        .interfaces
-        .iter()
-        .filter(|i| i.sandbox.is_empty() && i.name != conf.bridge)
+    // The access VLAN's gateway interface, when the result names it.
+    if let Some(name) = gw_if.as_deref()
+        && prev
+            .interfaces
+            .iter()
+            .any(|i| i.name == name && i.sandbox.is_empty())
     {
+        let gateways: Vec<IpNetwork> = prev
+            .ips
+            .iter()
+            .filter_map(|ip| {
+                ip.gateway
+                    .and_then(|g| IpNetwork::new(g, ip.address.prefix()).ok())
+            })
+            .collect();
+        vlan_setup::verify_gateway_if(&nl, name, &gateways)?;
+    }
+    // The host end: a port of our bridge named in prevResult, with its VLANs.
+    for i in prev.interfaces.iter().filter(|i| {
+        i.sandbox.is_empty() && i.name != conf.bridge && Some(i.name.as_str()) != gw_if.as_deref()
+    }) {
         let link = nl
             .link_by_name(&i.name)
             .map_err(|e| nl_err("looking up the host veth", e))?
@@ -303,6 +367,7 @@ fn check(req: &Request) -> Result<(), CniError> {
                 i.name, conf.bridge
             )));
         }
+        vlan_setup::verify_port(&nl, &link, &conf)?;
     }
     let want_ips: Vec<IpNetwork> = prev
         .ips

@@ -16,6 +16,7 @@ use crate::nl::{Link, Netlink, NlError, parse_mac};
 use crate::sysctl;
 
 use super::config::NetConf;
+use super::vlan_setup;
 
 pub fn nl_err(what: impl std::fmt::Display, e: NlError) -> CniError {
     CniError::internal(format!("{what}: {e}"))
@@ -25,18 +26,35 @@ pub fn ns_err(e: NetnsError) -> CniError {
     CniError::internal(e.to_string())
 }
 
-/// Ensures the bridge exists, is a bridge, and is up. Returns it and
-/// whether this call created it.
-pub fn ensure_bridge(nl: &Netlink, conf: &NetConf) -> Result<(Link, bool), CniError> {
+/// The bridge after [`ensure_bridge`], and what this call changed on it.
+pub struct EnsuredBridge {
+    pub link: Link,
+    /// This call created it.
+    pub created: bool,
+    /// This call turned VLAN filtering on (the bridge existed without it).
+    pub enabled_vlan_filtering: bool,
+}
+
+/// Ensures the bridge exists, is a bridge, and is up; with VLAN options,
+/// that it filters VLANs.
+pub fn ensure_bridge(nl: &Netlink, conf: &NetConf) -> Result<EnsuredBridge, CniError> {
     let name = &conf.bridge;
+    let filtering = conf.vlans.filtering;
     let mut created = false;
     let existing = nl
         .link_by_name(name)
         .map_err(|e| nl_err(format!("looking up {name:?}"), e))?;
     if existing.is_none() {
-        match nl.add_bridge(name, (conf.mtu > 0).then_some(conf.mtu)) {
+        match nl.add_bridge(name, (conf.mtu > 0).then_some(conf.mtu), filtering) {
             Ok(()) => created = true,
             Err(e) if e.is_exists() => {}
+            Err(e) if filtering && e.is_not_supported() => {
+                return Err(vlan_setup::unsupported(
+                    conf,
+                    &format!("creating {name:?} with vlan_filtering 1"),
+                    e,
+                ));
+            }
             Err(e) => return Err(nl_err(format!("could not add {name:?}"), e)),
         }
     }
@@ -49,25 +67,55 @@ pub fn ensure_bridge(nl: &Netlink, conf: &NetConf) -> Result<(Link, bool), CniEr
             "{name:?} already exists but is not a bridge"
         )));
     }
+    // A bridge made without filtering would carry the port VLANs but not
+    // enforce them; the reference leaves it so, which isolates nothing.
+    let mut enabled_vlan_filtering = false;
+    if filtering && br.vlan_filtering != Some(true) {
+        nl.set_vlan_filtering(br.index, true).map_err(|e| {
+            let what = format!("setting vlan_filtering 1 on {name:?}");
+            if e.is_not_supported() {
+                vlan_setup::unsupported(conf, &what, e)
+            } else {
+                nl_err(what, e)
+            }
+        })?;
+        enabled_vlan_filtering = true;
+    }
+    // A failure below leaves the bridge as this call found it.
+    let restore = |e: CniError| {
+        if created {
+            let _ = nl.del_link(br.index);
+        } else if enabled_vlan_filtering {
+            let _ = nl.set_vlan_filtering(br.index, false);
+        }
+        e
+    };
     if conf.promisc_mode && !br.promisc {
         nl.set_promisc(br.index, true)
-            .map_err(|e| nl_err(format!("could not set promiscuous mode on {name:?}"), e))?;
+            .map_err(|e| nl_err(format!("could not set promiscuous mode on {name:?}"), e))
+            .map_err(restore)?;
     }
     // Pin the MAC: left alone, a bridge takes the lowest MAC of its ports
     // and changes it as pods come and go, breaking neighbours' ARP caches.
     nl.set_mac(br.index, br.mac.clone())
-        .map_err(|e| nl_err("could not set bridge's mac", e))?;
+        .map_err(|e| nl_err("could not set bridge's mac", e))
+        .map_err(restore)?;
     // We own the routes on this bridge; router advertisements must not add any.
     let _ = sysctl::set(&format!("net/ipv6/conf/{name}/accept_ra"), "0");
     if !br.up {
         nl.set_up(br.index)
-            .map_err(|e| nl_err(format!("could not set {name:?} up"), e))?;
+            .map_err(|e| nl_err(format!("could not set {name:?} up"), e))
+            .map_err(restore)?;
     }
-    Ok((br, created))
+    Ok(EnsuredBridge {
+        link: br,
+        created,
+        enabled_vlan_filtering,
+    })
 }
 
 /// `len` random bytes as hex, for interface names.
-fn random_hex(len: usize) -> Result<String, CniError> {
+pub(super) fn random_hex(len: usize) -> Result<String, CniError> {
     let mut buf = vec![0u8; len];
     std::fs::File::open("/dev/urandom")
         .and_then(|mut f| f.read_exact(&mut buf))
@@ -151,8 +199,8 @@ pub fn create_veth(
     .map_err(ns_err)?
 }
 
-/// Attaches the host end to the bridge with the port options, and brings
-/// it up.
+/// Attaches the host end to the bridge with the port options and VLANs,
+/// and brings it up (after the VLANs: no frame passes in the wrong one).
 pub fn attach_host_end(
     nl: &Netlink,
     host: &str,
@@ -175,6 +223,7 @@ pub fn attach_host_end(
         nl.set_isolated(link.index, true)
             .map_err(|e| nl_err(format!("failed to set port isolation on {host}"), e))?;
     }
+    vlan_setup::configure_port(nl, &link, conf)?;
     nl.set_up(link.index)
         .map_err(|e| nl_err(format!("failed to set {host:?} up"), e))?;
     nl.link_by_index(link.index)

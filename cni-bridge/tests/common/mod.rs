@@ -167,9 +167,15 @@ pub fn normalise(text: &str, sandboxes: &[&Netns]) -> String {
 
 /// Links as JSON with what the tests compare: name, kind, MTU, flags
 /// (without the carrier flags, which race with linkwatch), promiscuity, bridge
-/// port hairpin and isolation, controller. MACs are kept, then normalised.
+/// port hairpin and isolation, controller, a bridge's VLAN filtering. MACs
+/// are kept, then normalised.
 pub fn links(ns: &Netns) -> Vec<Value> {
-    let raw: Value = serde_json::from_str(&ns.sh("ip -d -j link show")).expect("ip -j");
+    links_json(&ns.sh("ip -d -j link show"))
+}
+
+/// [`links`] from the output of `ip -d -j link show` (e.g. from the VM).
+pub fn links_json(raw: &str) -> Vec<Value> {
+    let raw: Value = serde_json::from_str(raw).expect("ip -j");
     let mut out = Vec::new();
     for l in raw.as_array().expect("array") {
         let mut flags: Vec<Value> = l["flags"].as_array().cloned().unwrap_or_default();
@@ -181,6 +187,7 @@ pub fn links(ns: &Netns) -> Vec<Value> {
             "master": l["master"],
             "hairpin": l["linkinfo"]["info_slave_data"]["hairpin"],
             "isolated": l["linkinfo"]["info_slave_data"]["isolated"],
+            "vlan_filtering": l["linkinfo"]["info_data"]["vlan_filtering"],
         }));
     }
     out
@@ -188,7 +195,12 @@ pub fn links(ns: &Netns) -> Vec<Value> {
 
 /// Global addresses as `dev addr/prefix`.
 pub fn addrs(ns: &Netns) -> Vec<String> {
-    let raw: Value = serde_json::from_str(&ns.sh("ip -j addr show")).expect("ip -j");
+    addrs_json(&ns.sh("ip -j addr show"))
+}
+
+/// [`addrs`] from the output of `ip -j addr show`.
+pub fn addrs_json(raw: &str) -> Vec<String> {
+    let raw: Value = serde_json::from_str(raw).expect("ip -j");
     let mut out = Vec::new();
     for l in raw.as_array().expect("array") {
         for a in l["addr_info"].as_array().into_iter().flatten() {

@@ -73,6 +73,7 @@ pub(crate) const MODULES: &[&str] = &[
 /// iptables link) has the name: `/usr/sbin/ip` is iproute2's.
 const BINARIES: &[&str] = &[
     "/usr/sbin/ip",
+    "/usr/sbin/bridge",
     "/usr/sbin/ipvsadm",
     "/usr/sbin/ipset",
     "/usr/sbin/xtables-nft-multi",
