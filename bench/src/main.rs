@@ -1,13 +1,16 @@
-//! `cni-bench`: our CNI plugins against the Go reference plugins, in one run.
+//! `cni-bench`: our CNI plugins against the Go reference plugins, and
+//! pod-runner against a shell baseline with `ctr`, in one run.
 //!
 //! Both sides run on the same machine in the same run, taking turns, so the
 //! ratios printed do not depend on how fast or busy the machine is. Every
-//! plugin call must succeed; a missed target is reported, not an error: the
-//! exit status is non-zero only when the benchmark itself could not run.
+//! plugin call (every pod) must succeed; a missed target is reported, not an
+//! error: the exit status is non-zero only when the benchmark itself could
+//! not run.
 
 mod bridge;
 mod host_local;
 mod plugin;
+mod pod_startup;
 mod stats;
 
 use std::process::ExitCode;
@@ -20,7 +23,7 @@ use nix::sys::signal::{SigSet, Signal};
 #[derive(Parser)]
 #[command(
     version,
-    about = "Benchmarks our CNI plugins against the reference plugins"
+    about = "Benchmarks our CNI plugins and pod-runner against the reference tools"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -35,6 +38,10 @@ enum Bench {
     /// bridge: sequential tutorial ADD/DEL latency, and concurrent ADDs
     /// then DELs, each side on its own emulated node.
     Bridge(bridge::Options),
+    /// pod-runner: pod startup latency (create to Running, image present)
+    /// and delete, against a shell baseline with ctr and the reference
+    /// plugins, on one emulated node.
+    PodStartup(pod_startup::Options),
 }
 
 /// The signal that asked us to stop, or 0.
@@ -75,6 +82,7 @@ fn main() -> ExitCode {
     let outcome = catch_signals().and_then(|()| match &cli.bench {
         Bench::HostLocal(opts) => host_local::run(opts),
         Bench::Bridge(opts) => bridge::run(opts),
+        Bench::PodStartup(opts) => pod_startup::run(opts),
     });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -24,6 +24,14 @@ pub fn percentile(samples: &[Duration], p: f64) -> Duration {
     s[rank.clamp(1, s.len()) - 1]
 }
 
+/// The arithmetic mean.
+pub fn mean(samples: &[Duration]) -> Duration {
+    match u32::try_from(samples.len()) {
+        Ok(0) | Err(_) => Duration::ZERO,
+        Ok(n) => samples.iter().sum::<Duration>() / n,
+    }
+}
+
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
