@@ -438,11 +438,15 @@ impl Pods {
             let cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
             anyhow::Ok(Api::namespaced(Client::try_from(cfg)?, "default"))
         })?;
-        Ok(Pods {
-            rt,
-            api,
-            template: testbed::testdata::load_one(POD_FILE),
-        })
+        let mut template: Pod = testbed::testdata::load_one(POD_FILE);
+        // "Image present": no registry round trip. `:latest` would
+        // default to Always, which asks the registry on every start.
+        if let Some(spec) = template.spec.as_mut() {
+            for c in &mut spec.containers {
+                c.image_pull_policy = Some("IfNotPresent".into());
+            }
+        }
+        Ok(Pods { rt, api, template })
     }
 
     /// Creates the testdata pod as `name` and, as the scheduler does, binds

@@ -2,6 +2,7 @@
 //! these modules; node-sync reuses the containerd client.
 
 pub mod api;
+pub mod cgroup;
 pub mod cni;
 pub mod containerd;
 pub mod logs;

@@ -10,7 +10,7 @@ use oci_spec::runtime::LinuxNamespaceType as Ns;
 use serde_json::Value;
 
 use crate::cni::Attachment;
-use crate::containerd::{ImageInfo, NewContainer, TaskState, normalize};
+use crate::containerd::{ImageInfo, NewContainer, TaskState};
 use crate::pod::{self, Fields, PodPlan};
 use crate::spec::{self, ContainerSpec};
 use crate::state::{AppContainer, PodRecord, derive_id, netns_name};
@@ -187,15 +187,10 @@ impl Runner {
     ) -> Result<Vec<String>, RunError> {
         let start_time = SystemTime::now();
         // Images first: a missing one fails before anything is made.
-        let pause = self
-            .ensure_image(&normalize(&self.pause_image)?, "IfNotPresent")
-            .await?;
+        let pause = self.ensure_image(&self.pause_image, "IfNotPresent").await?;
         let mut images = Vec::new();
         for c in &plan.containers {
-            images.push(
-                self.ensure_image(&normalize(&c.image)?, &c.pull_policy)
-                    .await?,
-            );
+            images.push(self.ensure_image(&c.image, &c.pull_policy).await?);
         }
         let host_ip = self.host_ip().await;
 
@@ -344,7 +339,7 @@ impl Runner {
     }
 
     pub(crate) fn cgroup(&self, plan: &PodPlan, id: &str) -> String {
-        format!("/pod-runner/pod{}/{id}", plan.uid)
+        format!("{}/{id}", crate::cgroup::pod_parent(&plan.uid))
     }
 
     /// The pause container: new PID, IPC, UTS and mount namespaces, the

@@ -81,6 +81,10 @@ impl Runner {
                 errors.push(format!("removing the lease of {id}: {e}"));
             }
         }
+        // Empty directories, holding nothing: not worth failing a delete.
+        if let Err(e) = crate::cgroup::remove_pod(&r.uid) {
+            warn(&e);
+        }
         let ns_path = if r.netns.exists() {
             r.netns.to_string_lossy().into_owned()
         } else {

@@ -29,6 +29,8 @@ pub struct Env {
     pub dir: tempfile::TempDir,
     pub data: PathBuf,
     pub kubeconfig: PathBuf,
+    /// Pods this test made, for the leftover checks.
+    pub uids: std::sync::Mutex<Vec<String>>,
     _state: tempfile::TempDir,
 }
 
@@ -67,6 +69,7 @@ impl Env {
             cluster,
             data,
             dir,
+            uids: std::sync::Mutex::new(Vec::new()),
             _state: state,
         };
         let images = env.dir.path().join("images");
@@ -152,6 +155,9 @@ impl Env {
             .create(&PostParams::default(), &pod)
             .await
             .expect("create pod");
+        if let (Ok(mut u), Some(uid)) = (self.uids.lock(), made.metadata.uid.clone()) {
+            u.push(uid);
+        }
         let Some(node) = node else {
             return made;
         };
@@ -211,12 +217,41 @@ impl Env {
             .map(|r| r.flatten().count())
             .unwrap_or(0);
         assert_eq!(records, 0, "pod records or dirs left");
+        let cgroups: Vec<_> = std::fs::read_dir("/sys/fs/cgroup/memory/pod-runner")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| {
+                self.uids
+                    .lock()
+                    .map(|u| u.iter().any(|u| n == &format!("pod{u}")))
+                    .unwrap_or(false)
+            })
+            .collect();
+        assert!(cgroups.is_empty(), "pod cgroups left: {cgroups:?}");
     }
 
     /// The pinned netns pod-runner makes for the pod with `uid`.
     pub fn netns_of(uid: &str) -> PathBuf {
         let id = pod_runner::state::derive_id(&["sandbox", uid]);
         Path::new("/run/netns").join(pod_runner::state::netns_name(&id))
+    }
+}
+
+impl Drop for Env {
+    /// A failed test still removes its pods (containerd, the API server
+    /// and the netns go with the fields after this).
+    fn drop(&mut self) {
+        let Ok(store) = pod_runner::state::Store::new(&self.state_dir()).all() else {
+            return;
+        };
+        for r in store {
+            let _ = self
+                .command(&["delete", &r.name, "-n", &r.namespace, "--grace-period", "0"])
+                .output();
+            let _ = pod_runner::netns::remove(&r.netns);
+        }
     }
 }
 
