@@ -108,7 +108,7 @@ async fn sigkill_during_create_then_create_and_delete_work() {
     let pod = env.create_pod("pod-web-002.yaml", Some("inajob")).await;
     let uid = pod.metadata.uid.clone().expect("uid");
     // Kill points spread over a create (about 150-400 ms here).
-    for delay_ms in [5u64, 30, 60, 100, 150, 220, 320] {
+    for delay_ms in [5u64, 20, 30, 45, 60, 80, 100, 150, 220, 320] {
         let mut child = env.command(&["create", "web-002"]).spawn().expect("spawn");
         std::thread::sleep(Duration::from_millis(delay_ms));
         let _ = child.kill();

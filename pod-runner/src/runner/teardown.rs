@@ -85,7 +85,9 @@ impl Runner {
         if let Err(e) = crate::cgroup::remove_pod(&r.uid) {
             warn(&e);
         }
-        let ns_path = if r.netns.exists() {
+        // A create killed between making the file and mounting the
+        // namespace on it leaves an empty file: no netns for CNI then.
+        let ns_path = if netns::is_mounted(&r.netns) {
             r.netns.to_string_lossy().into_owned()
         } else {
             String::new()
