@@ -17,13 +17,18 @@ pub fn get(ns: &Netns, addr: SocketAddr) -> String {
 
 /// Like [`get`], from the netns at `path` (a pod's pinned netns, say).
 pub fn get_in(path: &Path, addr: SocketAddr) -> String {
+    get_path_in(path, addr, "/")
+}
+
+/// `GET <url_path>` to `addr` from the netns at `path`.
+pub fn get_path_in(path: &Path, addr: SocketAddr, url_path: &str) -> String {
     netkit::netns::run_in(path, || {
         let mut last = None;
         for _ in 0..50 {
             match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
                 Ok(mut s) => {
                     s.set_read_timeout(Some(Duration::from_secs(5)))?;
-                    s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+                    s.write_all(format!("GET {url_path} HTTP/1.0\r\n\r\n").as_bytes())?;
                     let mut out = String::new();
                     s.read_to_string(&mut out)?;
                     return Ok(out);

@@ -6,13 +6,16 @@
 
 use std::io;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::Netns;
 
 pub struct Relay {
     stop: Arc<AtomicBool>,
+    /// Open connections (the node side), cut when the relay goes: a
+    /// dropped relay is an API server the node cannot reach at all.
+    open: Arc<Mutex<Vec<TcpStream>>>,
     addr: SocketAddr,
     ns_path: std::path::PathBuf,
 }
@@ -30,13 +33,19 @@ impl Relay {
         // uses it later.
         let listener = ns.run(|| TcpListener::bind(addr))?;
         let stop = Arc::new(AtomicBool::new(false));
+        let open = Arc::new(Mutex::new(Vec::new()));
         let flag = Arc::clone(&stop);
+        let conns = Arc::clone(&open);
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 if flag.load(Ordering::SeqCst) {
                     return;
                 }
                 let Ok(inside) = conn else { continue };
+                if let (Ok(mut list), Ok(c)) = (conns.lock(), inside.try_clone()) {
+                    list.retain(|s: &TcpStream| s.peer_addr().is_ok());
+                    list.push(c);
+                }
                 std::thread::spawn(move || {
                     let Ok(outside) = TcpStream::connect(addr) else {
                         return;
@@ -52,6 +61,7 @@ impl Relay {
         });
         Ok(Relay {
             stop,
+            open,
             addr,
             ns_path: ns.path(),
         })
@@ -61,6 +71,11 @@ impl Relay {
 impl Drop for Relay {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        if let Ok(list) = self.open.lock() {
+            for s in list.iter() {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        }
         // Wake the accept loop so it sees the flag and drops the listener.
         let addr = self.addr;
         let _ = netkit::netns::run_in(&self.ns_path, || TcpStream::connect(addr));

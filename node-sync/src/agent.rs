@@ -1,0 +1,236 @@
+//! The daemon: independent reconcilers on one runtime. Node status and the
+//! Lease beat on a timer; routes follow a kube-runtime watch of the Nodes
+//! (with backoff on API errors, and a reflector store that holds the last
+//! complete list, so an error or a list in progress never empties the
+//! routes). Shutdown leaves everything programmed in place.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use futures::{FutureExt, StreamExt};
+use k8s_openapi::api::core::v1::Node;
+use kube::Client;
+use kube::api::{Api, ListParams};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::{WatchStreamExt, reflector};
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::machine::Machine;
+use crate::metrics::Metrics;
+use crate::nodestatus::{self, Inputs, Reporter};
+use crate::routes::{self, Kernel};
+
+/// Status is sent at least this often, changed or not.
+const REPORT_EVERY: Duration = Duration::from_secs(60);
+const LEASE_EVERY: Duration = Duration::from_secs(10);
+/// Routes are compared with the kernel this often without any event, to
+/// repair what someone else changed.
+const RESYNC_EVERY: Duration = Duration::from_secs(30);
+
+pub struct Agent {
+    pub cfg: Config,
+    pub client: Client,
+    pub metrics: Arc<Metrics>,
+    pub hostname: String,
+    pub routes_ready: Arc<AtomicBool>,
+}
+
+/// What the heartbeat remembers between beats.
+#[derive(Default)]
+pub struct Beat {
+    node_uid: Option<String>,
+    conditions: Value,
+    sent: Option<(Value, Instant)>,
+    lease_at: Option<Instant>,
+}
+
+impl Agent {
+    async fn runtime_version(&self) -> Result<String, String> {
+        let c = tokio::time::timeout(
+            Duration::from_secs(2),
+            pod_runner::containerd::Containerd::connect(&self.cfg.containerd_socket, "k8s.io"),
+        )
+        .await
+        .map_err(|_| {
+            format!(
+                "no answer from {} within 2 s",
+                self.cfg.containerd_socket.display()
+            )
+        })?
+        .map_err(|e| e.to_string())?;
+        tokio::time::timeout(Duration::from_secs(2), c.version())
+            .await
+            .map_err(|_| "containerd did not answer its version call within 2 s".to_string())?
+            .map_err(|e| e.to_string())
+    }
+
+    fn cni(&self) -> Result<(), String> {
+        pod_runner::cni::load_network(&self.cfg.cni_conf_dir)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// One heartbeat: the Node registered, its status patched when it
+    /// changed (or a minute passed), the Lease renewed every 10 s.
+    pub async fn beat(&self, b: &mut Beat, force: bool) -> Result<(), kube::Error> {
+        let t = Instant::now();
+        let reporter = Reporter::new(self.client.clone(), &self.cfg.node_name);
+        let r = async {
+            if b.node_uid.is_none() {
+                let node = reporter
+                    .ensure_node(&nodestatus::node_object(&self.cfg, &self.hostname))
+                    .await?;
+                b.node_uid = node.metadata.uid.clone();
+                b.conditions = node
+                    .status
+                    .as_ref()
+                    .and_then(|s| serde_json::to_value(&s.conditions).ok())
+                    .unwrap_or(Value::Null);
+            }
+            let machine = Machine::read(
+                &self
+                    .cfg
+                    .containerd_socket
+                    .parent()
+                    .map(|p| p.to_path_buf())
+                    .unwrap_or_else(|| "/".into()),
+            );
+            let inputs = Inputs {
+                cfg: &self.cfg,
+                hostname: &self.hostname,
+                machine: &machine,
+                runtime: self.runtime_version().await,
+                cni: self.cni(),
+                routes_ready: self.routes_ready.load(Ordering::SeqCst),
+            };
+            let status = nodestatus::status(&inputs, &b.conditions, SystemTime::now());
+            let bare = nodestatus::without_times(&status);
+            let due = match &b.sent {
+                None => true,
+                Some((last, at)) => force || *last != bare || at.elapsed() >= REPORT_EVERY,
+            };
+            if due {
+                let node = reporter.patch_status(&status).await?;
+                b.conditions = node
+                    .status
+                    .as_ref()
+                    .and_then(|s| serde_json::to_value(&s.conditions).ok())
+                    .unwrap_or(Value::Null);
+                b.sent = Some((bare, Instant::now()));
+                self.metrics.set(
+                    "node_sync_node_ready",
+                    &[],
+                    if inputs.runtime.is_ok() && inputs.cni.is_ok() {
+                        1.0
+                    } else {
+                        0.0
+                    },
+                );
+            }
+            if force || b.lease_at.is_none_or(|at| at.elapsed() >= LEASE_EVERY) {
+                reporter.renew_lease(b.node_uid.as_deref()).await?;
+                b.lease_at = Some(Instant::now());
+            }
+            Ok(())
+        }
+        .await;
+        self.metrics
+            .observe_sync("heartbeat", t.elapsed(), r.is_ok());
+        if r.is_err() {
+            // Registration is checked again after an error (the Node may
+            // have been deleted).
+            b.node_uid = None;
+        }
+        r
+    }
+
+    /// One full routes reconcile from a fresh list.
+    pub async fn routes_once(&self, kernel: &Kernel) -> anyhow::Result<usize> {
+        let nodes: Api<Node> = Api::all(self.client.clone());
+        let list = nodes.list(&ListParams::default()).await?;
+        self.metrics.set(
+            "node_sync_objects_seen",
+            &[("kind", "Node")],
+            list.items.len() as f64,
+        );
+        let n = routes::sync(kernel, &list.items, &self.cfg.node_name, &self.metrics).await?;
+        self.routes_ready.store(true, Ordering::SeqCst);
+        Ok(n)
+    }
+
+    async fn heartbeat_loop(&self) {
+        let mut b = Beat::default();
+        let mut tick = tokio::time::interval(self.cfg.status_interval.min(LEASE_EVERY));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(e) = self.beat(&mut b, false).await {
+                tracing::warn!("heartbeat: {e}");
+            }
+        }
+    }
+
+    async fn routes_loop(&self, kernel: &Kernel) {
+        let api: Api<Node> = Api::all(self.client.clone());
+        let (reader, writer) = reflector::store();
+        let mut events = reflector(writer, watcher::watcher(api, watcher::Config::default()))
+            .default_backoff()
+            .boxed();
+        let mut complete = false;
+        let mut resync = tokio::time::interval(RESYNC_EVERY);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let changed = tokio::select! {
+                ev = events.next() => match ev {
+                    None => return,
+                    Some(Err(e)) => {
+                        self.metrics.inc("node_sync_errors_total", &[("reconciler", "watch")]);
+                        tracing::warn!("watching nodes: {e}");
+                        false
+                    }
+                    Some(Ok(Event::Init | Event::InitApply(_))) => false,
+                    Some(Ok(Event::InitDone)) => { complete = true; true }
+                    Some(Ok(Event::Apply(_) | Event::Delete(_))) => true,
+                },
+                _ = resync.tick() => true,
+            };
+            if !changed || !complete {
+                continue;
+            }
+            // Events that are already here go into the same sync.
+            while let Some(Some(ev)) = events.next().now_or_never() {
+                if let Ok(Event::InitDone) = ev {
+                    complete = true;
+                }
+            }
+            let nodes = reader.state();
+            self.metrics.set(
+                "node_sync_objects_seen",
+                &[("kind", "Node")],
+                nodes.len() as f64,
+            );
+            match routes::sync(
+                kernel,
+                nodes.iter().map(|n| n.as_ref()),
+                &self.cfg.node_name,
+                &self.metrics,
+            )
+            .await
+            {
+                Ok(_) => self.routes_ready.store(true, Ordering::SeqCst),
+                Err(e) => tracing::warn!("routes: {e}"),
+            }
+        }
+    }
+
+    /// Runs until `shutdown` resolves; leaves routes and the Node as they are.
+    pub async fn run(self, kernel: Kernel, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::select! {
+            _ = self.heartbeat_loop() => {}
+            _ = self.routes_loop(&kernel) => {}
+            _ = shutdown => tracing::info!("stopping; routes and the Node stay as programmed"),
+        }
+    }
+}

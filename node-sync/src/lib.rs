@@ -1,0 +1,10 @@
+//! node-sync: the node agent. Registers the Node and keeps its status and
+//! Lease fresh; routes to other nodes' podCIDRs (host-gw).
+
+pub mod agent;
+pub mod config;
+pub mod http;
+pub mod machine;
+pub mod metrics;
+pub mod nodestatus;
+pub mod routes;

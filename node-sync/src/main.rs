@@ -1,0 +1,261 @@
+//! `node-sync`: the node agent (`run`), one full reconcile (`sync --once`),
+//! per-part runs for operators, and `status`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use ipnetwork::IpNetwork;
+use kube::Client;
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use node_sync::agent::{Agent, Beat};
+use node_sync::config::{Config, FileConfig};
+use node_sync::metrics::Metrics;
+use node_sync::routes::Kernel;
+
+#[derive(Parser)]
+#[command(
+    name = "node-sync",
+    version,
+    about = "The node agent: registers the Node, reports its status and Lease, routes to other nodes' pods"
+)]
+struct Cli {
+    #[command(flatten)]
+    flags: Flags,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Args)]
+struct Flags {
+    /// TOML config file (keys as the long flags, e.g. node-ip = "...")
+    #[arg(long, global = true, env = "NODE_SYNC_CONFIG")]
+    config: Option<PathBuf>,
+    /// Node name (default: the hostname)
+    #[arg(long, global = true)]
+    node_name: Option<String>,
+    /// The node's InternalIP
+    #[arg(long, global = true)]
+    node_ip: Option<IpAddr>,
+    /// This node's pod CIDR (set when the Node is registered)
+    #[arg(long, global = true)]
+    pod_cidr: Option<IpNetwork>,
+    /// The cluster's pod network (default 10.244.0.0/16)
+    #[arg(long, global = true)]
+    cluster_cidr: Option<IpNetwork>,
+    /// The Service CIDR
+    #[arg(long, global = true)]
+    service_cidr: Option<IpNetwork>,
+    /// kubeconfig (else KUBECONFIG, else ~/.kube/config, as kubectl)
+    #[arg(long, global = true)]
+    kubeconfig: Option<PathBuf>,
+    /// Where /metrics and /healthz are served (default 127.0.0.1:10249)
+    #[arg(long, global = true)]
+    metrics_addr: Option<SocketAddr>,
+    /// containerd's socket (default /run/containerd/containerd.sock)
+    #[arg(long, global = true)]
+    containerd_socket: Option<PathBuf>,
+    /// CNI configs (default /etc/cni/net.d)
+    #[arg(long, global = true)]
+    cni_conf_dir: Option<PathBuf>,
+    /// The route protocol number that marks our routes (default 200)
+    #[arg(long, global = true)]
+    route_protocol: Option<u8>,
+    /// Seconds between reads of the node's state (default 10)
+    #[arg(long, global = true)]
+    status_interval_seconds: Option<u64>,
+    /// A label for the Node when it is registered, KEY=VALUE (repeatable)
+    #[arg(long = "label", global = true, value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// The daemon
+    Run,
+    /// Every reconciler once
+    Sync {
+        #[arg(long, required = true)]
+        once: bool,
+    },
+    /// Routes to other nodes' pods, once
+    Routes {
+        #[arg(long, required = true)]
+        once: bool,
+    },
+    /// Node registration, status and Lease, once
+    NodeStatus {
+        #[arg(long, required = true)]
+        once: bool,
+    },
+    /// What this node is and what node-sync programmed
+    Status,
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_default()
+}
+
+fn config(f: &Flags) -> Result<Config> {
+    let file = match &f.config {
+        Some(p) => FileConfig::load(p)?,
+        None => FileConfig::default(),
+    };
+    let flags = FileConfig {
+        node_name: f.node_name.clone(),
+        node_ip: f.node_ip,
+        pod_cidr: f.pod_cidr,
+        cluster_cidr: f.cluster_cidr,
+        service_cidr: f.service_cidr,
+        kubeconfig: f.kubeconfig.clone(),
+        metrics_addr: f.metrics_addr,
+        containerd_socket: f.containerd_socket.clone(),
+        cni_conf_dir: f.cni_conf_dir.clone(),
+        route_protocol: f.route_protocol,
+        status_interval_seconds: f.status_interval_seconds,
+        labels: f.labels.iter().cloned().collect(),
+    };
+    Ok(Config::merge(flags, file, &hostname())?)
+}
+
+async fn client(cfg: &Config) -> Result<Client> {
+    let mut kc = match &cfg.kubeconfig {
+        Some(p) => {
+            let k = Kubeconfig::read_from(p).with_context(|| format!("reading {}", p.display()))?;
+            kube::Config::from_custom_kubeconfig(k, &KubeConfigOptions::default()).await?
+        }
+        None => kube::Config::infer().await?,
+    };
+    kc.connect_timeout = Some(std::time::Duration::from_secs(5));
+    kc.read_timeout = Some(std::time::Duration::from_secs(30));
+    Ok(Client::try_from(kc)?)
+}
+
+async fn shutdown() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    let cfg = config(&cli.flags)?;
+    let kernel = Kernel::open(cfg.route_protocol)?;
+    if let Cmd::Status = cli.cmd {
+        println!("node        {}", cfg.node_name);
+        println!("node IP     {}", cfg.node_ip);
+        println!(
+            "pod CIDR    {}",
+            cfg.pod_cidr
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "-".into())
+        );
+        println!("cluster     {}", cfg.cluster_cidr);
+        let mut ours = kernel.ours().await?;
+        ours.sort();
+        println!("routes      {} (proto {})", ours.len(), cfg.route_protocol);
+        for (dst, via) in ours {
+            println!("  {dst} via {via}");
+        }
+        match client(&cfg).await {
+            Ok(c) => {
+                let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(c);
+                match nodes.get_opt(&cfg.node_name).await {
+                    Ok(Some(n)) => {
+                        for cond in n.status.and_then(|s| s.conditions).unwrap_or_default() {
+                            println!(
+                                "condition   {}={} {}",
+                                cond.type_,
+                                cond.status,
+                                cond.message.unwrap_or_default()
+                            );
+                        }
+                    }
+                    Ok(None) => println!("api         the Node is not registered"),
+                    Err(e) => println!("api         {e}"),
+                }
+            }
+            Err(e) => println!("api         {e:#}"),
+        }
+        return Ok(());
+    }
+    let metrics = Arc::new(Metrics::default());
+    let agent = Agent {
+        client: client(&cfg).await?,
+        metrics: Arc::clone(&metrics),
+        hostname: hostname(),
+        routes_ready: Arc::new(AtomicBool::new(false)),
+        cfg,
+    };
+    match cli.cmd {
+        Cmd::Run => {
+            node_sync::http::serve(agent.cfg.metrics_addr, Arc::clone(&metrics))
+                .await
+                .with_context(|| format!("serving metrics on {}", agent.cfg.metrics_addr))?;
+            tracing::info!(node = %agent.cfg.node_name, metrics = %agent.cfg.metrics_addr, "node-sync running");
+            agent.run(kernel, shutdown()).await;
+        }
+        Cmd::Sync { .. } => {
+            let n = agent.routes_once(&kernel).await?;
+            agent.beat(&mut Beat::default(), true).await?;
+            println!("node {} reported; {n} routes", agent.cfg.node_name);
+        }
+        Cmd::Routes { .. } => {
+            let n = agent.routes_once(&kernel).await?;
+            println!("{n} routes");
+        }
+        Cmd::NodeStatus { .. } => {
+            agent.beat(&mut Beat::default(), true).await?;
+            println!("node {} reported", agent.cfg.node_name);
+        }
+        Cmd::Status => {}
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("node-sync: starting the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("node-sync: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
