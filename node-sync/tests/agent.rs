@@ -143,6 +143,26 @@ impl Env {
         Agent(child)
     }
 
+    /// `node-sync <cmd>` once on the node; its stdout.
+    fn run_once(&self, name: &str, cmd: &str) -> String {
+        let n = self.node(name);
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", self.ns(name).path().display()))
+            .arg(env!("CARGO_BIN_EXE_node-sync"))
+            .arg("--kubeconfig")
+            .arg(self.dir.path().join(format!("{name}.kubeconfig")))
+            .args(["--node-name", name, "--node-ip", n.ip])
+            .arg(cmd)
+            .output()
+            .expect("node-sync");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
     }
@@ -342,6 +362,12 @@ async fn two_nodes_register_report_and_route() {
         env.our_routes("yuanying"),
         vec!["10.244.1.0/24 via 192.168.43.111 dev eth0"]
     );
+    let status = env.run_once("inajob", "status");
+    assert!(
+        status.contains("  10.244.2.0/24 via 192.168.43.112"),
+        "{status}"
+    );
+    assert!(status.contains("condition   Ready=True"), "{status}");
     let (pa, ipa) = pod(&env, "inajob", "pod-a");
     let (pb, _) = pod(&env, "yuanying", "pod-b");
     assert_eq!(echo(&pa, &ipa, &pb), "across nodes");
