@@ -1,5 +1,6 @@
 //! `cni-bench`: our CNI plugins against the Go reference plugins, and
-//! pod-runner against a shell baseline with `ctr`, in one run.
+//! pod-runner against a shell baseline with `ctr`, in one run; node-sync's
+//! routes against their targets.
 //!
 //! Both sides run on the same machine in the same run, taking turns, so the
 //! ratios printed do not depend on how fast or busy the machine is. Every
@@ -9,6 +10,7 @@
 
 mod bridge;
 mod host_local;
+mod node_sync;
 mod plugin;
 mod pod_startup;
 mod stats;
@@ -42,6 +44,10 @@ enum Bench {
     /// and delete, against a shell baseline with ctr and the reference
     /// plugins, on one emulated node.
     PodStartup(pod_startup::Options),
+    /// node-sync: routes from a cold start with 1,000 other Nodes in the
+    /// API, single Node changes to the kernel, peak RSS, on one emulated
+    /// node.
+    NodeSync(node_sync::Options),
 }
 
 /// The signal that asked us to stop, or 0.
@@ -59,7 +65,8 @@ pub fn interrupted() -> Option<i32> {
 
 /// Takes SIGINT, SIGTERM and SIGHUP away from their default (die on the
 /// spot, leaving data behind) and hands them to a thread that only records
-/// them. Children get a clean signal mask from `std::process::Command`.
+/// them. They stay blocked in every thread, and `std::process::Command`
+/// passes the mask on to children: see [`default_signal_mask`].
 fn catch_signals() -> Result<()> {
     let mut set = SigSet::empty();
     for sig in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
@@ -77,12 +84,30 @@ fn catch_signals() -> Result<()> {
     Ok(())
 }
 
+/// Starts `cmd`'s child with no signal blocked. Children inherit our
+/// mask (SIGINT, SIGTERM and SIGHUP blocked), and a daemon that installs
+/// a handler without unblocking the signal (node-sync on tokio) never
+/// sees the SIGTERM that asks it to stop.
+pub fn default_signal_mask(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    use nix::sys::signal::{SigmaskHow, sigprocmask};
+    use std::os::unix::process::CommandExt;
+    // SAFETY: sigprocmask is async-signal-safe; nothing else runs between
+    // fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)
+                .map_err(std::io::Error::from)
+        })
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = catch_signals().and_then(|()| match &cli.bench {
         Bench::HostLocal(opts) => host_local::run(opts),
         Bench::Bridge(opts) => bridge::run(opts),
         Bench::PodStartup(opts) => pod_startup::run(opts),
+        Bench::NodeSync(opts) => node_sync::run(opts),
     });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
