@@ -8,3 +8,4 @@ pub mod machine;
 pub mod metrics;
 pub mod nodestatus;
 pub mod routes;
+pub mod services;

@@ -1,0 +1,23 @@
+//! ClusterIP Services: the ports to program, from Services and their
+//! EndpointSlices (Endpoints as a fallback), and the backends that program
+//! them.
+
+pub mod model;
+
+use std::net::{IpAddr, SocketAddr};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+/// One service port: the VIP, its port and protocol, and the ready
+/// endpoints (sorted; empty means connections are rejected).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ServicePort {
+    pub vip: IpAddr,
+    pub port: u16,
+    pub proto: Proto,
+    pub endpoints: Vec<SocketAddr>,
+}
