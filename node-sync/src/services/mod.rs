@@ -3,6 +3,7 @@
 //! them.
 
 pub mod model;
+pub mod nft;
 
 use std::net::{IpAddr, SocketAddr};
 
