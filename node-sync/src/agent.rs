@@ -16,11 +16,29 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, reflector};
 use serde_json::Value;
 
-use crate::config::Config;
+use crate::config::{Config, ProxyMode};
 use crate::machine::Machine;
 use crate::metrics::Metrics;
 use crate::nodestatus::{self, Inputs, Reporter};
 use crate::routes::{self, Kernel};
+use crate::services::{self, ServicePort, nft};
+
+/// One watch's news, whatever it watches.
+enum Ev {
+    Listing,
+    Listed,
+    Changed,
+    Failed(String),
+}
+
+fn news<K>(r: Result<Event<K>, watcher::Error>) -> Ev {
+    match r {
+        Ok(Event::Init | Event::InitApply(_)) => Ev::Listing,
+        Ok(Event::InitDone) => Ev::Listed,
+        Ok(Event::Apply(_) | Event::Delete(_)) => Ev::Changed,
+        Err(e) => Ev::Failed(e.to_string()),
+    }
+}
 
 /// Status is sent at least this often, changed or not.
 const REPORT_EVERY: Duration = Duration::from_secs(60);
@@ -225,11 +243,143 @@ impl Agent {
         }
     }
 
+    /// Programs the nftables table when `want` differs from what is
+    /// there (`last`: what we applied, or what we found at start).
+    fn services_apply(&self, want: Vec<ServicePort>, last: &mut Option<Vec<ServicePort>>) {
+        if last.as_ref() == Some(&want) {
+            return;
+        }
+        let t = Instant::now();
+        let script = nft::render(&want, self.cfg.cluster_cidr);
+        let r = tokio::task::block_in_place(|| nft::apply(&script));
+        self.metrics
+            .observe_sync("services", t.elapsed(), r.is_ok());
+        match r {
+            Ok(()) => {
+                tracing::info!(services = want.len(), "services: nftables programmed");
+                self.metrics
+                    .set("node_sync_service_ports_programmed", &[], want.len() as f64);
+                self.metrics.set(
+                    "node_sync_service_endpoints_programmed",
+                    &[],
+                    want.iter().map(|s| s.endpoints.len()).sum::<usize>() as f64,
+                );
+                *last = Some(want);
+            }
+            Err(e) => tracing::warn!("services: {e}"),
+        }
+    }
+
+    /// Services, EndpointSlices and Endpoints watched; the table follows
+    /// once all three lists are complete, so a partial list or an API
+    /// error never empties it. What a previous run programmed is adopted.
+    async fn services_loop(&self) {
+        if self.cfg.proxy_mode == ProxyMode::None {
+            return std::future::pending().await;
+        }
+        use k8s_openapi::api::core::v1::{Endpoints, Service};
+        use k8s_openapi::api::discovery::v1::EndpointSlice;
+        let c = &self.client;
+        let (svc_r, svc_w) = reflector::store::<Service>();
+        let (sl_r, sl_w) = reflector::store::<EndpointSlice>();
+        let (ep_r, ep_w) = reflector::store::<Endpoints>();
+        let cfg = watcher::Config::default;
+        let streams = vec![
+            reflector(
+                svc_w,
+                watcher::watcher(Api::<Service>::all(c.clone()), cfg()),
+            )
+            .default_backoff()
+            .map(|e| (0usize, news(e)))
+            .boxed(),
+            reflector(
+                sl_w,
+                watcher::watcher(Api::<EndpointSlice>::all(c.clone()), cfg()),
+            )
+            .default_backoff()
+            .map(|e| (1usize, news(e)))
+            .boxed(),
+            reflector(
+                ep_w,
+                watcher::watcher(Api::<Endpoints>::all(c.clone()), cfg()),
+            )
+            .default_backoff()
+            .map(|e| (2usize, news(e)))
+            .boxed(),
+        ];
+        let mut events = futures::stream::select_all(streams);
+        let mut complete = [false; 3];
+        let mut last = tokio::task::block_in_place(nft::programmed).ok();
+        let mut resync = tokio::time::interval(RESYNC_EVERY);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let mut changed = tokio::select! {
+                ev = events.next() => match ev {
+                    None => return,
+                    Some((i, ev)) => self.services_news(i, ev, &mut complete),
+                },
+                _ = resync.tick() => {
+                    // Repair what someone else changed in our table.
+                    last = tokio::task::block_in_place(nft::programmed).ok();
+                    true
+                }
+            };
+            while let Some(Some((i, ev))) = events.next().now_or_never() {
+                changed |= self.services_news(i, ev, &mut complete);
+            }
+            if !changed || complete.contains(&false) {
+                continue;
+            }
+            let (svcs, slices, eps) = (svc_r.state(), sl_r.state(), ep_r.state());
+            let svcs: Vec<Service> = svcs.iter().map(|s| (**s).clone()).collect();
+            let slices: Vec<EndpointSlice> = slices.iter().map(|s| (**s).clone()).collect();
+            let eps: Vec<Endpoints> = eps.iter().map(|s| (**s).clone()).collect();
+            self.metrics.set(
+                "node_sync_objects_seen",
+                &[("kind", "Service")],
+                svcs.len() as f64,
+            );
+            self.metrics.set(
+                "node_sync_objects_seen",
+                &[("kind", "EndpointSlice")],
+                slices.len() as f64,
+            );
+            self.metrics.set(
+                "node_sync_objects_seen",
+                &[("kind", "Endpoints")],
+                eps.len() as f64,
+            );
+            let (want, skipped) = services::model::desired(&svcs, &slices, &eps);
+            for s in &skipped {
+                tracing::warn!("services: {s}");
+            }
+            self.services_apply(want, &mut last);
+        }
+    }
+
+    fn services_news(&self, i: usize, ev: Ev, complete: &mut [bool; 3]) -> bool {
+        match ev {
+            Ev::Listing => false,
+            Ev::Listed => {
+                complete[i] = true;
+                true
+            }
+            Ev::Changed => true,
+            Ev::Failed(e) => {
+                self.metrics
+                    .inc("node_sync_errors_total", &[("reconciler", "watch")]);
+                tracing::warn!("watching services: {e}");
+                false
+            }
+        }
+    }
+
     /// Runs until `shutdown` resolves; leaves routes and the Node as they are.
     pub async fn run(self, kernel: Kernel, shutdown: impl std::future::Future<Output = ()>) {
         tokio::select! {
             _ = self.heartbeat_loop() => {}
             _ = self.routes_loop(&kernel) => {}
+            _ = self.services_loop() => {}
             _ = shutdown => tracing::info!("stopping; routes and the Node stay as programmed"),
         }
     }

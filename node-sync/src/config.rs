@@ -32,8 +32,19 @@ pub struct FileConfig {
     pub cni_conf_dir: Option<PathBuf>,
     pub route_protocol: Option<u8>,
     pub status_interval_seconds: Option<u64>,
+    pub proxy_mode: Option<ProxyMode>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+}
+
+/// How ClusterIP Services are programmed. IPVS and `auto` are not built
+/// yet; `none` leaves Services to someone else.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyMode {
+    #[default]
+    None,
+    Nftables,
 }
 
 impl FileConfig {
@@ -63,6 +74,7 @@ pub struct Config {
     pub route_protocol: u8,
     /// How often the node's facts are read and compared.
     pub status_interval: Duration,
+    pub proxy_mode: ProxyMode,
     pub labels: BTreeMap<String, String>,
 }
 
@@ -130,6 +142,7 @@ impl Config {
                     .unwrap_or(10)
                     .max(1),
             ),
+            proxy_mode: flags.proxy_mode.or(file.proxy_mode).unwrap_or_default(),
             labels,
         })
     }

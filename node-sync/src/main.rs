@@ -68,6 +68,9 @@ struct Flags {
     /// Seconds between reads of the node's state (default 10)
     #[arg(long, global = true)]
     status_interval_seconds: Option<u64>,
+    /// How ClusterIP Services are programmed (default none)
+    #[arg(long, global = true, value_enum)]
+    proxy_mode: Option<node_sync::config::ProxyMode>,
     /// A label for the Node when it is registered, KEY=VALUE (repeatable)
     #[arg(long = "label", global = true, value_parser = parse_label)]
     labels: Vec<(String, String)>,
@@ -126,6 +129,7 @@ fn config(f: &Flags) -> Result<Config> {
         cni_conf_dir: f.cni_conf_dir.clone(),
         route_protocol: f.route_protocol,
         status_interval_seconds: f.status_interval_seconds,
+        proxy_mode: f.proxy_mode,
         labels: f.labels.iter().cloned().collect(),
     };
     Ok(Config::merge(flags, file, &hostname())?)
