@@ -129,7 +129,10 @@ async fn the_tutorial_service_becomes_the_nft_table() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(endpoints_of(&cluster), Some(vec!["10.244.2.2:8080".into()]));
     let log = std::fs::read_to_string(dir.path().join("node-sync.log")).unwrap_or_default();
-    assert!(!log.contains("nftables programmed"), "adopted, not rewritten: {log}");
+    assert!(
+        !log.contains("nftables programmed"),
+        "adopted, not rewritten: {log}"
+    );
 
     // The Service deleted: nothing of it is left.
     services
