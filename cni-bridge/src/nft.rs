@@ -1,67 +1,18 @@
-//! Running `nft`: a whole change as one `nft -f -` transaction, and reading
-//! rules with their handles.
+//! Running `nft` (netkit's runner): a whole change as one `nft -f -`
+//! transaction, and reading rules with their handles.
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
-#[derive(Debug, thiserror::Error)]
-pub enum NftError {
-    #[error("running nft: {0}")]
-    Spawn(#[from] std::io::Error),
-    #[error("nft failed: {0}")]
-    Failed(String),
-}
-
-fn nft_path() -> std::path::PathBuf {
-    std::env::var_os("PATH")
-        .map(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("nft"))
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default()
-        .into_iter()
-        .chain(["/usr/sbin/nft".into(), "/sbin/nft".into()])
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| "nft".into())
-}
+pub use netkit::nft::NftError;
 
 /// Applies `script` atomically: all of it or none.
 pub fn apply(script: &str) -> Result<(), NftError> {
-    let mut child = Command::new(nft_path())
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(script.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(NftError::Failed(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ))
-    }
+    netkit::nft::apply_in(None, script)
 }
 
 /// `nft -a list <what>`; `None` when the object does not exist.
 pub fn list(what: &str) -> Result<Option<String>, NftError> {
     let mut args = vec!["-a", "list"];
     args.extend(what.split_whitespace());
-    let out = Command::new(nft_path()).args(&args).output()?;
-    if out.status.success() {
-        Ok(Some(String::from_utf8_lossy(&out.stdout).into_owned()))
-    } else {
-        let err = String::from_utf8_lossy(&out.stderr);
-        if err.contains("No such file or directory") || err.contains("does not exist") {
-            Ok(None)
-        } else {
-            Err(NftError::Failed(err.trim().to_string()))
-        }
-    }
+    Ok(netkit::nft::list_in(None, &args)?.map(|o| String::from_utf8_lossy(&o).into_owned()))
 }
 
 /// The handles of rules in an `nft -a list` text whose line contains `needle`.

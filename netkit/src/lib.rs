@@ -2,3 +2,4 @@
 //! plugins, pod-runner and the testbed.
 
 pub mod netns;
+pub mod nft;

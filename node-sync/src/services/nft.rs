@@ -29,10 +29,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 use ipnetwork::IpNetwork;
 use serde_json::Value;
@@ -45,10 +43,8 @@ const MASQ_MARK: &str = "0x4000";
 
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
-    #[error("running nft: {0}")]
-    Spawn(#[from] std::io::Error),
-    #[error("nft failed: {0}")]
-    Failed(String),
+    #[error(transparent)]
+    Exec(#[from] netkit::nft::NftError),
     #[error("reading nft's JSON: {0}")]
     Json(#[from] serde_json::Error),
 }
@@ -200,17 +196,6 @@ pub fn render(services: &[ServicePort], cluster_cidr: IpNetwork) -> String {
 }
 
 /// `nft` itself, or `nsenter --net=<netns> nft` to program another netns.
-fn nft(netns: Option<&Path>) -> Command {
-    match netns {
-        None => Command::new("nft"),
-        Some(p) => {
-            let mut c = Command::new("nsenter");
-            c.arg(format!("--net={}", p.display())).arg("nft");
-            c
-        }
-    }
-}
-
 /// Applies `script` in this netns, all or nothing.
 pub fn apply(script: &str) -> Result<(), NftError> {
     apply_in(None, script)
@@ -218,23 +203,7 @@ pub fn apply(script: &str) -> Result<(), NftError> {
 
 /// Applies `script` with one `nft -f -` in `netns` (None: this one).
 pub fn apply_in(netns: Option<&Path>, script: &str) -> Result<(), NftError> {
-    let mut child = nft(netns)
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(script.as_bytes())?;
-    }
-    let out = child.wait_with_output()?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(NftError::Failed(
-            String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        ))
-    }
+    Ok(netkit::nft::apply_in(netns, script)?)
 }
 
 /// What this netns's table programs (empty without the table).
@@ -245,18 +214,12 @@ pub fn programmed() -> Result<Vec<ServicePort>, NftError> {
 /// What the table in `netns` programs, read back from `nft -j`: for
 /// adopting it after a restart and for metrics.
 pub fn programmed_in(netns: Option<&Path>) -> Result<Vec<ServicePort>, NftError> {
-    let out = nft(netns)
-        .args(["-j", "list", "table"])
-        .args(TABLE.split(' '))
-        .output()?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        if err.contains("No such file or directory") || err.contains("does not exist") {
-            return Ok(Vec::new());
-        }
-        return Err(NftError::Failed(err.trim().to_string()));
+    let mut args = vec!["-j", "list", "table"];
+    args.extend(TABLE.split(' '));
+    match netkit::nft::list_in(netns, &args)? {
+        Some(out) => Ok(parse(&serde_json::from_slice(&out)?)),
+        None => Ok(Vec::new()),
     }
-    Ok(parse(&serde_json::from_slice(&out.stdout)?))
 }
 
 /// The service ports in an `nft -j list table` document.
