@@ -278,6 +278,9 @@ fn comparable(what: &str, text: &str, keep_filtering: bool) -> String {
         }
         "addrs" | "c-addrs" => format!("{:#?}", addrs_json(text)),
         "vlans" if !keep_filtering => String::new(),
+        // The bridge's carrier drops a moment after its last port goes:
+        // whether `linkdown` shows yet is timing, not behaviour.
+        "routes" | "c-routes" => text.replace(" linkdown", ""),
         _ => text.to_string(),
     };
     normalise(&s, &[])
