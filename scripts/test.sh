@@ -15,5 +15,5 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # Static binaries for the test images (pause, web) and the shipped plugins.
 TESTBED_STATIC_DIR=$(./scripts/build-plugins.sh -p pod-runner -p testbed)
 export TESTBED_STATIC_DIR
-cargo test --workspace --locked
+cargo test --workspace --locked --no-fail-fast
 ./scripts/leftovers.sh

@@ -107,14 +107,7 @@ impl Agent {
                     .and_then(|s| serde_json::to_value(&s.conditions).ok())
                     .unwrap_or(Value::Null);
             }
-            let machine = Machine::read(
-                &self
-                    .cfg
-                    .containerd_socket
-                    .parent()
-                    .map(|p| p.to_path_buf())
-                    .unwrap_or_else(|| "/".into()),
-            );
+            let machine = Machine::read(&self.cfg.nodefs);
             let inputs = Inputs {
                 cfg: &self.cfg,
                 hostname: &self.hostname,

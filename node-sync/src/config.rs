@@ -30,6 +30,7 @@ pub struct FileConfig {
     pub metrics_addr: Option<SocketAddr>,
     pub containerd_socket: Option<PathBuf>,
     pub cni_conf_dir: Option<PathBuf>,
+    pub nodefs: Option<PathBuf>,
     pub route_protocol: Option<u8>,
     pub status_interval_seconds: Option<u64>,
     pub proxy_mode: Option<ProxyMode>,
@@ -70,6 +71,9 @@ pub struct Config {
     pub metrics_addr: SocketAddr,
     pub containerd_socket: PathBuf,
     pub cni_conf_dir: PathBuf,
+    /// A path on the node's filesystem (the kubelet's nodefs): its free
+    /// space is DiskPressure.
+    pub nodefs: PathBuf,
     /// Our routes carry this protocol number (`ip route ... proto N`).
     pub route_protocol: u8,
     /// How often the node's facts are read and compared.
@@ -134,6 +138,10 @@ impl Config {
                 .cni_conf_dir
                 .or(file.cni_conf_dir)
                 .unwrap_or_else(|| "/etc/cni/net.d".into()),
+            nodefs: flags
+                .nodefs
+                .or(file.nodefs)
+                .unwrap_or_else(|| "/var/lib".into()),
             route_protocol,
             status_interval: Duration::from_secs(
                 flags

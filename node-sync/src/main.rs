@@ -62,6 +62,10 @@ struct Flags {
     /// CNI configs (default /etc/cni/net.d)
     #[arg(long, global = true)]
     cni_conf_dir: Option<PathBuf>,
+    /// A path on the node's filesystem whose free space is DiskPressure
+    /// (default /var/lib, where containerd and the kubelet keep their state)
+    #[arg(long, global = true)]
+    nodefs: Option<PathBuf>,
     /// The route protocol number that marks our routes (default 200)
     #[arg(long, global = true)]
     route_protocol: Option<u8>,
@@ -127,6 +131,7 @@ fn config(f: &Flags) -> Result<Config> {
         metrics_addr: f.metrics_addr,
         containerd_socket: f.containerd_socket.clone(),
         cni_conf_dir: f.cni_conf_dir.clone(),
+        nodefs: f.nodefs.clone(),
         route_protocol: f.route_protocol,
         status_interval_seconds: f.status_interval_seconds,
         proxy_mode: f.proxy_mode,

@@ -335,13 +335,22 @@ async fn two_nodes_register_report_and_route() {
             .iter()
             .any(|a| a.type_ == "InternalIP" && a.address == "192.168.43.111")
     );
-    for t in ["MemoryPressure", "DiskPressure", "PIDPressure"] {
+    // The pressures follow this machine, whose disk is shared with others
+    // and may really be nearly full: DiskPressure is held to what statvfs
+    // says of the nodefs (default /var/lib) against the kubelet's 10%.
+    let vfs = nix::sys::statvfs::statvfs("/var/lib").expect("statvfs");
+    let disk_full = (vfs.blocks_available() as f64) < 0.10 * vfs.blocks() as f64;
+    for (t, want) in [
+        ("MemoryPressure", "False"),
+        ("DiskPressure", if disk_full { "True" } else { "False" }),
+        ("PIDPressure", "False"),
+    ] {
         let c = st
             .conditions
             .as_ref()
             .and_then(|c| c.iter().find(|c| c.type_ == t))
             .expect(t);
-        assert_eq!(c.status, "False", "{t}");
+        assert_eq!(c.status, want, "{t}");
     }
     assert!(
         st.capacity
