@@ -13,7 +13,7 @@ fi
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # Static binaries for the test images (pause, web) and the shipped plugins.
-TESTBED_STATIC_DIR=$(./scripts/build-plugins.sh -p pod-runner -p testbed)
+TESTBED_STATIC_DIR=$(./scripts/build-plugins.sh -p pod-runner -p testbed -p node-sync)
 export TESTBED_STATIC_DIR
 cargo test --workspace --locked --no-fail-fast
 ./scripts/leftovers.sh

@@ -10,10 +10,8 @@
 //! can find everything without the container's netns. All rules of a call go
 //! through one `iptables-restore --noflush` (per address family).
 
-use std::io::Write;
-use std::process::{Command, Stdio};
-
 use ipnetwork::IpNetwork;
+use netkit::tool::ToolError;
 use sha2::{Digest, Sha512};
 
 #[derive(Debug, thiserror::Error)]
@@ -98,52 +96,11 @@ impl Family {
     }
 }
 
-/// The tool from PATH, else from the usual sbin directories: runtimes do
-/// not always pass a PATH that has them.
-fn locate(tool: &str) -> std::path::PathBuf {
-    let in_path = std::env::var_os("PATH")
-        .map(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join(tool))
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
-    in_path
-        .into_iter()
-        .chain(
-            ["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(|d| std::path::Path::new(d).join(tool)),
-        )
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| tool.into())
-}
-
 fn run(tool: &'static str, args: &[&str], input: Option<&str>) -> Result<String, MasqError> {
-    let mut child = Command::new(locate(tool))
-        .args(args)
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| MasqError::Spawn { tool, source })?;
-    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
-        stdin
-            .write_all(text.as_bytes())
-            .map_err(|source| MasqError::Spawn { tool, source })?;
-    }
-    let out = child
-        .wait_with_output()
-        .map_err(|source| MasqError::Spawn { tool, source })?;
-    if !out.status.success() {
-        return Err(MasqError::Failed {
-            tool,
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    netkit::tool::run(tool, args, input).map_err(|e| match e {
+        ToolError::Spawn { tool, source } => MasqError::Spawn { tool, source },
+        ToolError::Failed { tool, stderr } => MasqError::Failed { tool, stderr },
+    })
 }
 
 fn of_family(addrs: &[IpNetwork], f: Family) -> Vec<&IpNetwork> {

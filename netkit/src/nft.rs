@@ -16,17 +16,7 @@ pub enum NftError {
 
 /// `nft` from PATH, else where Debian puts it (a plugin's PATH may be bare).
 fn path() -> PathBuf {
-    std::env::var_os("PATH")
-        .map(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join("nft"))
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default()
-        .into_iter()
-        .chain(["/usr/sbin/nft".into(), "/sbin/nft".into()])
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| "nft".into())
+    crate::tool::locate("nft")
 }
 
 /// `nft` in `netns` (None: this process's netns).

@@ -16,12 +16,13 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, reflector};
 use serde_json::Value;
 
-use crate::config::{Config, ProxyMode};
+use crate::config::Config;
 use crate::machine::Machine;
 use crate::metrics::Metrics;
 use crate::nodestatus::{self, Inputs, Reporter};
 use crate::routes::{self, Kernel};
-use crate::services::{self, ServicePort, nft};
+use crate::services::backend::Backend;
+use crate::services::{self, ServicePort};
 
 /// One watch's news, whatever it watches.
 enum Ev {
@@ -236,20 +237,29 @@ impl Agent {
         }
     }
 
-    /// Programs the nftables table when `want` differs from what is
-    /// there (`last`: what we applied, or what we found at start).
-    fn services_apply(&self, want: Vec<ServicePort>, last: &mut Option<Vec<ServicePort>>) {
+    /// Programs `want` when it differs from what is there (`last`: what
+    /// we applied, or what we found at start).
+    async fn services_apply(
+        &self,
+        backend: &mut Backend,
+        want: Vec<ServicePort>,
+        last: &mut Option<Vec<ServicePort>>,
+    ) {
         if last.as_ref() == Some(&want) {
             return;
         }
         let t = Instant::now();
-        let script = nft::render(&want, self.cfg.cluster_cidr);
-        let r = tokio::task::block_in_place(|| nft::apply(&script));
+        let r = backend.apply(&want, last.as_deref()).await;
         self.metrics
             .observe_sync("services", t.elapsed(), r.is_ok());
         match r {
             Ok(()) => {
-                tracing::info!(services = want.len(), "services: nftables programmed");
+                tracing::info!(
+                    services = want.len(),
+                    took = ?t.elapsed(),
+                    "services: {} programmed",
+                    backend.name()
+                );
                 self.metrics
                     .set("node_sync_service_ports_programmed", &[], want.len() as f64);
                 self.metrics.set(
@@ -267,9 +277,28 @@ impl Agent {
     /// once all three lists are complete, so a partial list or an API
     /// error never empties it. What a previous run programmed is adopted.
     async fn services_loop(&self) {
-        if self.cfg.proxy_mode == ProxyMode::None {
-            return std::future::pending().await;
-        }
+        let mut backend = match Backend::choose(
+            self.cfg.proxy_mode,
+            self.cfg.cluster_cidr,
+            &self.cfg.ipvs_scheduler,
+        ) {
+            Ok(Some(b)) => b,
+            Ok(None) => return std::future::pending().await,
+            Err(e) => {
+                // Routes and status go on; Services wait for a restart
+                // with a mode this kernel has.
+                tracing::error!("services: {e}");
+                self.metrics
+                    .inc("node_sync_errors_total", &[("reconciler", "services")]);
+                return std::future::pending().await;
+            }
+        };
+        tracing::info!(mode = ?self.cfg.proxy_mode, backend = backend.name(), "services: backend chosen");
+        self.metrics.set(
+            "node_sync_proxy_backend",
+            &[("backend", backend.name())],
+            1.0,
+        );
         use k8s_openapi::api::core::v1::{Endpoints, Service};
         use k8s_openapi::api::discovery::v1::EndpointSlice;
         let c = &self.client;
@@ -302,7 +331,7 @@ impl Agent {
         ];
         let mut events = futures::stream::select_all(streams);
         let mut complete = [false; 3];
-        let mut last = tokio::task::block_in_place(nft::programmed).ok();
+        let mut last = backend.programmed().await.ok().flatten();
         let mut resync = tokio::time::interval(RESYNC_EVERY);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -312,8 +341,14 @@ impl Agent {
                     Some((i, ev)) => self.services_news(i, ev, &mut complete),
                 },
                 _ = resync.tick() => {
-                    // Repair what someone else changed in our table.
-                    last = tokio::task::block_in_place(nft::programmed).ok();
+                    // Repair what someone else changed: nftables by
+                    // reading the table back; IPVS by a sync, which
+                    // also compares the sets, chains and VIPs and
+                    // changes only what differs.
+                    last = match backend {
+                        Backend::Nftables { .. } => backend.programmed().await.ok().flatten(),
+                        Backend::Ipvs(_) => None,
+                    };
                     true
                 }
             };
@@ -346,7 +381,7 @@ impl Agent {
             for s in &skipped {
                 tracing::warn!("services: {s}");
             }
-            self.services_apply(want, &mut last);
+            self.services_apply(&mut backend, want, &mut last).await;
         }
     }
 

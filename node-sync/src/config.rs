@@ -34,18 +34,21 @@ pub struct FileConfig {
     pub route_protocol: Option<u8>,
     pub status_interval_seconds: Option<u64>,
     pub proxy_mode: Option<ProxyMode>,
+    pub ipvs_scheduler: Option<String>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
 }
 
-/// How ClusterIP Services are programmed. IPVS and `auto` are not built
-/// yet; `none` leaves Services to someone else.
+/// How ClusterIP Services are programmed; `none` leaves them to someone
+/// else, `auto` takes IPVS when the kernel has it, else nftables.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum ProxyMode {
     #[default]
     None,
     Nftables,
+    Ipvs,
+    Auto,
 }
 
 impl FileConfig {
@@ -79,6 +82,8 @@ pub struct Config {
     /// How often the node's facts are read and compared.
     pub status_interval: Duration,
     pub proxy_mode: ProxyMode,
+    /// The IPVS scheduler of every virtual server (`rr`, `wrr`, `lc`, ...).
+    pub ipvs_scheduler: String,
     pub labels: BTreeMap<String, String>,
 }
 
@@ -151,6 +156,10 @@ impl Config {
                     .max(1),
             ),
             proxy_mode: flags.proxy_mode.or(file.proxy_mode).unwrap_or_default(),
+            ipvs_scheduler: flags
+                .ipvs_scheduler
+                .or(file.ipvs_scheduler)
+                .unwrap_or_else(|| "rr".into()),
             labels,
         })
     }

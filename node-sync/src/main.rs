@@ -16,6 +16,7 @@ use node_sync::agent::{Agent, Beat};
 use node_sync::config::{Config, FileConfig};
 use node_sync::metrics::Metrics;
 use node_sync::routes::Kernel;
+use node_sync::services::backend::Backend;
 
 #[derive(Parser)]
 #[command(
@@ -72,9 +73,12 @@ struct Flags {
     /// Seconds between reads of the node's state (default 10)
     #[arg(long, global = true)]
     status_interval_seconds: Option<u64>,
-    /// How ClusterIP Services are programmed (default none)
+    /// How ClusterIP Services are programmed: none (default), nftables, ipvs, or auto (IPVS when the kernel has it)
     #[arg(long, global = true, value_enum)]
     proxy_mode: Option<node_sync::config::ProxyMode>,
+    /// The IPVS scheduler (default rr)
+    #[arg(long, global = true)]
+    ipvs_scheduler: Option<String>,
     /// A label for the Node when it is registered, KEY=VALUE (repeatable)
     #[arg(long = "label", global = true, value_parser = parse_label)]
     labels: Vec<(String, String)>,
@@ -135,6 +139,7 @@ fn config(f: &Flags) -> Result<Config> {
         route_protocol: f.route_protocol,
         status_interval_seconds: f.status_interval_seconds,
         proxy_mode: f.proxy_mode,
+        ipvs_scheduler: f.ipvs_scheduler.clone(),
         labels: f.labels.iter().cloned().collect(),
     };
     Ok(Config::merge(flags, file, &hostname())?)
@@ -185,6 +190,22 @@ async fn run(cli: Cli) -> Result<()> {
         println!("routes      {} (proto {})", ours.len(), cfg.route_protocol);
         for (dst, via) in ours {
             println!("  {dst} via {via}");
+        }
+        let mode = format!("{:?}", cfg.proxy_mode).to_lowercase();
+        match Backend::choose(cfg.proxy_mode, cfg.cluster_cidr, &cfg.ipvs_scheduler) {
+            Ok(None) => println!("proxy mode  none"),
+            Ok(Some(mut b)) => {
+                println!("proxy mode  {} ({mode})", b.name());
+                match b.programmed().await.map(Option::unwrap_or_default) {
+                    Ok(p) => println!(
+                        "services    {} ports, {} endpoints",
+                        p.len(),
+                        p.iter().map(|s| s.endpoints.len()).sum::<usize>()
+                    ),
+                    Err(e) => println!("services    {e}"),
+                }
+            }
+            Err(e) => println!("proxy mode  {mode}: {e}"),
         }
         match client(&cfg).await {
             Ok(c) => {

@@ -145,4 +145,6 @@ async fn the_tutorial_service_becomes_the_nft_table() {
     drop(agent);
     let log = std::fs::read_to_string(dir.path().join("node-sync.log")).unwrap_or_default();
     assert!(log.contains("services: nftables programmed"), "{log}");
+    // Changes went in as incremental transactions that matched the table.
+    assert!(!log.contains("incremental update failed"), "{log}");
 }

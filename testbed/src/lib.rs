@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod containerd;
 pub mod http;
 pub mod image;
+pub mod kubectl;
 pub mod netns;
 pub mod plugin;
 pub mod relay;

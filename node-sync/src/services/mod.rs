@@ -2,6 +2,8 @@
 //! EndpointSlices (Endpoints as a fallback), and the backends that program
 //! them.
 
+pub mod backend;
+pub mod ipvs;
 pub mod model;
 pub mod nft;
 

@@ -66,7 +66,7 @@ fn svc_chain(vip: Ipv4Addr, proto: Proto, port: u16) -> String {
 
 /// The IPv4 service ports to program, one per (vip, proto, port), sorted,
 /// with their IPv4 endpoints in the given order.
-fn v4_ports(services: &[ServicePort]) -> BTreeMap<(Ipv4Addr, Proto, u16), Vec<SocketAddr>> {
+fn v4_ports(services: &[ServicePort]) -> BTreeMap<Key, Vec<SocketAddr>> {
     let mut out = BTreeMap::new();
     for s in services {
         let IpAddr::V4(vip) = s.vip else { continue };
@@ -109,16 +109,7 @@ pub fn render(services: &[ServicePort], cluster_cidr: IpNetwork) -> String {
         "\tmap services {{\n\t\ttype ipv4_addr . inet_proto . inet_service : verdict"
     );
     if !ports.is_empty() {
-        let elems: Vec<String> = ports
-            .keys()
-            .map(|&(vip, proto, port)| {
-                format!(
-                    "{vip} . {} . {port} : goto {}",
-                    proto_name(proto),
-                    svc_chain(vip, proto, port)
-                )
-            })
-            .collect();
+        let elems: Vec<String> = ports.keys().map(|&k| map_element(k)).collect();
         let _ = writeln!(s, "\t\telements = {{ {} }}", elems.join(",\n\t\t\t"));
     }
     s.push_str("\t}\n");
@@ -152,47 +143,150 @@ pub fn render(services: &[ServicePort], cluster_cidr: IpNetwork) -> String {
          \t\tmeta mark set meta mark ^ {MASQ_MARK} masquerade fully-random\n\t}}"
     );
 
-    let outside = match cluster_cidr {
-        // The network, whatever host bits the configuration carries.
-        IpNetwork::V4(n) => format!("ip saddr != {}/{} ", n.network(), n.prefix()),
-        IpNetwork::V6(_) => String::new(),
-    };
-    for (&(vip, proto, port), eps) in &ports {
-        let chain = svc_chain(vip, proto, port);
-        let _ = writeln!(s, "\tchain {chain} {{");
-        if eps.is_empty() {
-            // As kube-proxy: refuse at once rather than let clients time out.
-            let reject = match proto {
-                Proto::Tcp => "reject with tcp reset",
-                Proto::Udp => "reject with icmp type port-unreachable",
-            };
-            let _ = writeln!(s, "\t\t{reject}\n\t}}");
-            continue;
-        }
-        let _ = writeln!(s, "\t\t{outside}meta mark set meta mark | {MASQ_MARK}");
-        let targets: Vec<String> = (0..eps.len())
-            .map(|i| format!("{i} : goto {chain}_ep{i}"))
-            .collect();
-        let _ = writeln!(
-            s,
-            "\t\tnumgen inc mod {} vmap {{ {} }}\n\t}}",
-            eps.len(),
-            targets.join(", ")
-        );
-        for (i, ep) in eps.iter().enumerate() {
-            // A pod reaching itself through the VIP: masquerade, or its
-            // reply would come from its own address, not the VIP's.
-            let _ = writeln!(
-                s,
-                "\tchain {chain}_ep{i} {{\n\t\tip saddr {ip} meta mark set meta mark | {MASQ_MARK}\n\
-                 \t\tmeta l4proto {p} dnat to {ep}\n\t}}",
-                ip = ep.ip(),
-                p = proto_name(proto),
-            );
-        }
+    let outside = outside(cluster_cidr);
+    for (&key, eps) in &ports {
+        service_chains(&mut s, key, eps, &outside);
     }
     s.push_str("}\n");
     s
+}
+
+/// The match for traffic from outside the pod network (empty for an IPv6
+/// cluster CIDR: no IPv4 source is inside it).
+fn outside(cluster_cidr: IpNetwork) -> String {
+    match cluster_cidr {
+        // The network, whatever host bits the configuration carries.
+        IpNetwork::V4(n) => format!("ip saddr != {}/{} ", n.network(), n.prefix()),
+        IpNetwork::V6(_) => String::new(),
+    }
+}
+
+type Key = (Ipv4Addr, Proto, u16);
+
+/// A service port's chains, in the table block's syntax: the service
+/// chain (round robin, or a reject without endpoints) and one chain per
+/// endpoint.
+fn service_chains(s: &mut String, (vip, proto, port): Key, eps: &[SocketAddr], outside: &str) {
+    let chain = svc_chain(vip, proto, port);
+    let _ = writeln!(s, "\tchain {chain} {{");
+    if eps.is_empty() {
+        // As kube-proxy: refuse at once rather than let clients time out.
+        let reject = match proto {
+            Proto::Tcp => "reject with tcp reset",
+            Proto::Udp => "reject with icmp type port-unreachable",
+        };
+        let _ = writeln!(s, "\t\t{reject}\n\t}}");
+        return;
+    }
+    let _ = writeln!(s, "\t\t{outside}meta mark set meta mark | {MASQ_MARK}");
+    let targets: Vec<String> = (0..eps.len())
+        .map(|i| format!("{i} : goto {chain}_ep{i}"))
+        .collect();
+    let _ = writeln!(
+        s,
+        "\t\tnumgen inc mod {} vmap {{ {} }}\n\t}}",
+        eps.len(),
+        targets.join(", ")
+    );
+    for (i, ep) in eps.iter().enumerate() {
+        // A pod reaching itself through the VIP: masquerade, or its
+        // reply would come from its own address, not the VIP's.
+        let _ = writeln!(
+            s,
+            "\tchain {chain}_ep{i} {{\n\t\tip saddr {ip} meta mark set meta mark | {MASQ_MARK}\n\
+             \t\tmeta l4proto {p} dnat to {ep}\n\t}}",
+            ip = ep.ip(),
+            p = proto_name(proto),
+        );
+    }
+}
+
+fn map_element((vip, proto, port): Key) -> String {
+    format!(
+        "{vip} . {} . {port} : goto {}",
+        proto_name(proto),
+        svc_chain(vip, proto, port)
+    )
+}
+
+/// One `nft -f` transaction that turns the table programming `prev` into
+/// one programming `want`, touching only the service ports that differ:
+/// an endpoint change rewrites that service's chains, nothing else. The
+/// caller falls back to [`render`] when it fails (the table is not what
+/// `prev` says). `None` when nothing differs.
+pub fn render_changes(
+    prev: &[ServicePort],
+    want: &[ServicePort],
+    cluster_cidr: IpNetwork,
+) -> Option<String> {
+    let (p, w) = (v4_ports(prev), v4_ports(want));
+    if p == w {
+        return None;
+    }
+    let vips = |m: &BTreeMap<Key, Vec<SocketAddr>>| -> std::collections::BTreeSet<Ipv4Addr> {
+        m.keys().map(|k| k.0).collect()
+    };
+    let mut s = String::new();
+    let t = TABLE;
+    // Gone: unmapped first, then the chains, which nothing references.
+    for (&key, eps) in p.iter().filter(|(k, _)| !w.contains_key(k)) {
+        let (vip, proto, port) = key;
+        let chain = svc_chain(vip, proto, port);
+        let _ = writeln!(
+            s,
+            "delete element {t} services {{ {vip} . {} . {port} }}",
+            proto_name(proto)
+        );
+        let _ = writeln!(s, "flush chain {t} {chain}");
+        for i in 0..eps.len() {
+            let _ = writeln!(s, "delete chain {t} {chain}_ep{i}");
+        }
+        let _ = writeln!(s, "delete chain {t} {chain}");
+    }
+    // Changed: emptied, surplus endpoint chains deleted, refilled below.
+    let mut fill: Vec<(Key, &Vec<SocketAddr>)> = Vec::new();
+    for (&key, eps) in &w {
+        match p.get(&key) {
+            Some(old) if old == eps => {}
+            Some(old) => {
+                let chain = svc_chain(key.0, key.1, key.2);
+                let _ = writeln!(s, "flush chain {t} {chain}");
+                for i in 0..old.len() {
+                    let _ = writeln!(s, "flush chain {t} {chain}_ep{i}");
+                }
+                for i in eps.len()..old.len() {
+                    let _ = writeln!(s, "delete chain {t} {chain}_ep{i}");
+                }
+                fill.push((key, eps));
+            }
+            None => fill.push((key, eps)),
+        }
+    }
+    let (pv, wv) = (vips(&p), vips(&w));
+    for vip in pv.difference(&wv) {
+        let _ = writeln!(s, "delete element {t} vips {{ {vip} }}");
+    }
+    if !fill.is_empty() {
+        let outside = outside(cluster_cidr);
+        let _ = writeln!(s, "table {t} {{");
+        for (key, eps) in &fill {
+            service_chains(&mut s, *key, eps, &outside);
+        }
+        s.push_str("}\n");
+    }
+    let added: Vec<String> = w
+        .keys()
+        .filter(|k| !p.contains_key(k))
+        .map(|&k| map_element(k))
+        .collect();
+    if !added.is_empty() {
+        let _ = writeln!(s, "add element {t} services {{ {} }}", added.join(", "));
+    }
+    let new_vips: Vec<String> = wv.difference(&pv).map(Ipv4Addr::to_string).collect();
+    if !new_vips.is_empty() {
+        let _ = writeln!(s, "add element {t} vips {{ {} }}", new_vips.join(", "));
+    }
+    Some(s)
 }
 
 /// `nft` itself, or `nsenter --net=<netns> nft` to program another netns.
@@ -206,19 +300,25 @@ pub fn apply_in(netns: Option<&Path>, script: &str) -> Result<(), NftError> {
     Ok(netkit::nft::apply_in(netns, script)?)
 }
 
-/// What this netns's table programs (empty without the table).
-pub fn programmed() -> Result<Vec<ServicePort>, NftError> {
-    programmed_in(None)
+/// What this netns's table programs; `None` without the table.
+pub fn programmed() -> Result<Option<Vec<ServicePort>>, NftError> {
+    table_in(None)
 }
 
-/// What the table in `netns` programs, read back from `nft -j`: for
-/// adopting it after a restart and for metrics.
+/// What the table in `netns` programs (empty without the table), read
+/// back from `nft -j`.
 pub fn programmed_in(netns: Option<&Path>) -> Result<Vec<ServicePort>, NftError> {
+    Ok(table_in(netns)?.unwrap_or_default())
+}
+
+/// What the table in `netns` programs, `None` without the table: for
+/// adopting it after a restart and for metrics.
+fn table_in(netns: Option<&Path>) -> Result<Option<Vec<ServicePort>>, NftError> {
     let mut args = vec!["-j", "list", "table"];
     args.extend(TABLE.split(' '));
     match netkit::nft::list_in(netns, &args)? {
-        Some(out) => Ok(parse(&serde_json::from_slice(&out)?)),
-        None => Ok(Vec::new()),
+        Some(out) => Ok(Some(parse(&serde_json::from_slice(&out)?))),
+        None => Ok(None),
     }
 }
 

@@ -1,0 +1,212 @@
+//! The IPVS backend for ClusterIP Services, kube-proxy's IPVS mode as the
+//! tutorial sets it up by hand: `net/ipv4/vs/conntrack=1`, the dummy
+//! `kube-ipvs0` holding every VIP, the ipsets KUBE-CLUSTER-IP and
+//! KUBE-LOOP-BACK, the fixed iptables chains, and one virtual server per
+//! service port (scheduler `rr` unless configured) with masquerading real
+//! servers.
+//!
+//! A sync reads the kernel (IPVS over generic netlink, the link's
+//! addresses over rtnetlink, `ipset save`, `iptables-save`), plans the
+//! difference ([`plan::plan`]) and applies only that: IPVS and addresses
+//! message by message, the sets in one `ipset restore`, the chains in at
+//! most one `iptables-restore --noflush`. Nothing is flushed, so a
+//! restart adopts what is there and live connections keep their
+//! real servers.
+
+pub mod genl;
+pub mod link;
+pub mod plan;
+pub mod rules;
+
+use std::collections::BTreeSet;
+
+use ipnetwork::IpNetwork;
+use netkit::tool::{self, ToolError};
+use rtnetlink::Handle;
+
+use self::genl::{Ipvs, IpvsError};
+use self::link::LinkError;
+use self::plan::{Observed, Plan};
+use super::ServicePort;
+
+#[derive(Debug, thiserror::Error)]
+pub enum IpvsBackendError {
+    #[error(transparent)]
+    Ipvs(#[from] IpvsError),
+    #[error(transparent)]
+    Link(#[from] LinkError),
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+    #[error("netlink socket: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("setting {path}: {source}")]
+    Sysctl {
+        path: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// IPVS connections are tracked, so the nat POSTROUTING masquerade (the
+/// mark and KUBE-LOOP-BACK) applies to them.
+const CONNTRACK: &str = "/proc/sys/net/ipv4/vs/conntrack";
+
+/// How much one sync changed, for logs and metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    pub services: usize,
+    pub real_servers: usize,
+    pub vips: usize,
+    pub ipset: bool,
+    pub iptables: bool,
+}
+
+pub struct IpvsBackend {
+    ipvs: Ipvs,
+    handle: Handle,
+    cluster_cidr: IpNetwork,
+    scheduler: String,
+}
+
+impl IpvsBackend {
+    /// Fails with [`IpvsError::Unavailable`] on a kernel without IPVS.
+    /// Needs a tokio runtime (the rtnetlink connection runs on it).
+    pub fn open(cluster_cidr: IpNetwork, scheduler: &str) -> Result<Self, IpvsBackendError> {
+        let ipvs = Ipvs::open()?;
+        let (conn, handle, _) = rtnetlink::new_connection()?;
+        tokio::spawn(conn);
+        Ok(IpvsBackend {
+            ipvs,
+            handle,
+            cluster_cidr,
+            scheduler: scheduler.to_string(),
+        })
+    }
+
+    /// The kernel's side: our VIPs, our virtual servers, the sets. With
+    /// no `kube-ipvs0` nothing is ours.
+    async fn observe(&mut self) -> Result<(Option<u32>, link::Addrs, Observed), IpvsBackendError> {
+        let index = link::find(&self.handle).await?;
+        let addrs = match index {
+            Some(i) => link::addresses(&self.handle, i).await?,
+            None => link::Addrs::new(),
+        };
+        let vips: BTreeSet<_> = addrs.keys().copied().collect();
+        let mut obs = Observed {
+            vips,
+            ..Observed::default()
+        };
+        let ipvs = &mut self.ipvs;
+        tokio::task::block_in_place(|| -> Result<(), IpvsBackendError> {
+            for vs in ipvs.services()? {
+                if !obs.vips.contains(&vs.addr) {
+                    continue;
+                }
+                let dests = ipvs.dests(&vs)?;
+                obs.services
+                    .insert((vs.addr, vs.proto, vs.port), (vs.scheduler, dests));
+            }
+            let save = tool::run("ipset", &["save"], None)?;
+            (obs.sets, obs.sets_exist) = rules::parse_sets(&save);
+            Ok(())
+        })?;
+        Ok((index, addrs, obs))
+    }
+
+    /// What is programmed, in the model's terms; `None` without
+    /// `kube-ipvs0`.
+    pub async fn programmed(&mut self) -> Result<Option<Vec<ServicePort>>, IpvsBackendError> {
+        let (index, _, obs) = self.observe().await?;
+        Ok(index.map(|_| plan::programmed(&obs)))
+    }
+
+    /// Makes the kernel program `want`, changing only what differs.
+    pub async fn apply(&mut self, want: &[ServicePort]) -> Result<Applied, IpvsBackendError> {
+        sysctl_on(CONNTRACK)?;
+        let (index, mut addrs, obs) = self.observe().await?;
+        let index = match index {
+            Some(i) => i,
+            None => link::ensure(&self.handle).await?,
+        };
+        let p: Plan = plan::plan(want, &self.scheduler, &obs);
+        let mut done = Applied::default();
+        let cidr = self.cluster_cidr;
+        // Sets first: the iptables rules name them.
+        tokio::task::block_in_place(|| -> Result<(), IpvsBackendError> {
+            if let Some(script) = &p.ipset {
+                tool::run("ipset", &["restore"], Some(script))?;
+                done.ipset = true;
+            }
+            let save = tool::run("iptables-save", &[], None)?;
+            if let Some(script) = rules::iptables_script(&save, cidr) {
+                tool::run("iptables-restore", &["--noflush"], Some(&script))?;
+                done.iptables = true;
+            }
+            Ok(())
+        })?;
+        // The VIP is local before its virtual server takes traffic.
+        for ip in &p.add_vips {
+            link::add(&self.handle, index, *ip).await?;
+        }
+        let ipvs = &mut self.ipvs;
+        tokio::task::block_in_place(|| -> Result<(), IpvsBackendError> {
+            for v in &p.del_services {
+                ipvs.del_service(v).or_else(gone)?;
+            }
+            for v in &p.add_services {
+                ipvs.add_service(v).or_else(exists)?;
+            }
+            for (v, r) in &p.del_dests {
+                ipvs.del_dest(v, r).or_else(gone)?;
+            }
+            for (v, r) in &p.add_dests {
+                ipvs.add_dest(v, r).or_else(exists)?;
+            }
+            Ok(())
+        })?;
+        for ip in &p.del_vips {
+            if let Some(m) = addrs.remove(ip) {
+                link::del(&self.handle, m).await?;
+            }
+        }
+        done.services = p.add_services.len() + p.del_services.len();
+        done.real_servers = p.add_dests.len() + p.del_dests.len();
+        done.vips = p.add_vips.len() + p.del_vips.len();
+        Ok(done)
+    }
+}
+
+fn errno(e: &IpvsError) -> Option<i32> {
+    match e {
+        IpvsError::Kernel { source, .. } => source.raw_os_error(),
+        _ => None,
+    }
+}
+
+/// Deleting what is already gone is done.
+fn gone(e: IpvsError) -> Result<(), IpvsError> {
+    match errno(&e) {
+        Some(libc::ESRCH | libc::ENOENT) => Ok(()),
+        _ => Err(e),
+    }
+}
+
+/// Adding what is already there is done.
+fn exists(e: IpvsError) -> Result<(), IpvsError> {
+    match errno(&e) {
+        Some(libc::EEXIST) => Ok(()),
+        _ => Err(e),
+    }
+}
+
+fn sysctl_on(path: &'static str) -> Result<(), IpvsBackendError> {
+    if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
+        return Ok(());
+    }
+    std::fs::write(path, "1").map_err(|source| IpvsBackendError::Sysctl { path, source })
+}
+
+/// Whether this kernel has IPVS (resolving the family loads `ip_vs`
+/// where modules can be loaded).
+pub fn available() -> bool {
+    Ipvs::open().is_ok()
+}
