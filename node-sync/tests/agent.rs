@@ -3,7 +3,9 @@
 //! registration and Ready with real nodeInfo, Leases that renew, one route
 //! per other node with pods reaching each other through them, Node changes
 //! followed within seconds, foreign routes untouched; and the faults: the
-//! API out of reach, SIGKILL and restart, containerd stopped.
+//! API out of reach, SIGKILL and restart, containerd stopped. Then the
+//! tutorial Service over nftables on both nodes, reached from a node and
+//! from a pod, round robin across the two nodes' pods, with its faults.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -112,8 +114,17 @@ impl Env {
     }
 
     fn start(&self, name: &str) -> Agent {
+        self.start_with(name, &[])
+    }
+
+    /// node-sync on `name` with `extra` flags (the log is appended to).
+    fn start_with(&self, name: &str, extra: &[&str]) -> Agent {
         let n = self.node(name);
-        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).expect("log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("{name}.log")))
+            .expect("log");
         let socket = n
             .ctrd
             .as_ref()
@@ -134,8 +145,9 @@ impl Env {
                 "1",
                 "--label",
                 "tutorial=heartful",
-                "run",
             ])
+            .args(extra)
+            .arg("run")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -595,4 +607,213 @@ async fn faults_keep_the_routes_and_node_sync_recovers() {
         "{}",
         env.log("inajob")
     );
+}
+
+/// An HTTP server in `ns` on :8080 answering `<name> <peer ip>`.
+fn serve_http(ns: &Netns, name: &'static str) {
+    let l = ns
+        .run(|| TcpListener::bind("0.0.0.0:8080"))
+        .expect("bind :8080");
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { continue };
+            let peer = c
+                .peer_addr()
+                .map(|p| p.ip().to_string())
+                .unwrap_or_default();
+            let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buf = [0u8; 512];
+            let _ = c.read(&mut buf);
+            let _ = write!(c, "HTTP/1.0 200 OK\r\n\r\n{name} {peer}\n");
+        }
+    });
+}
+
+/// Who answered `n` GETs to the tutorial VIP from `ns`.
+fn answers(ns: &Netns, n: usize) -> Vec<String> {
+    let vip: std::net::SocketAddr = "10.254.10.128:80".parse().expect("vip");
+    (0..n)
+        .map(|_| {
+            let r = testbed::http::get(ns, vip);
+            let body = r.split("\r\n\r\n").nth(1).unwrap_or("").trim().to_string();
+            body.split(' ').next().unwrap_or("").to_string()
+        })
+        .collect()
+}
+
+fn alternate(got: &[String]) -> bool {
+    let mut sorted = got.to_vec();
+    sorted.sort();
+    got.len() == 4
+        && got[0] != got[1]
+        && got[0] == got[2]
+        && got[1] == got[3]
+        && sorted == ["web-001", "web-001", "web-002", "web-002"]
+}
+
+fn endpoints_on(env: &Env, node: &str) -> Option<Vec<String>> {
+    let p = node_sync::services::nft::programmed_in(Some(&env.ns(node).path())).ok()?;
+    let s = p
+        .iter()
+        .find(|s| s.vip.to_string() == "10.254.10.128" && s.port == 80)?;
+    Some(s.endpoints.iter().map(|e| e.to_string()).collect())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn services_over_nftables_on_two_nodes() {
+    use k8s_openapi::api::core::v1::{Endpoints, Service};
+    let mut env = Env::new("nsv");
+    // A default route, as on a real node: a VIP is routed through it
+    // before DNAT.
+    for node in ["inajob", "yuanying"] {
+        env.ns(node)
+            .sh("ip route add default via 192.168.43.1 dev eth0");
+    }
+    let nft = ["--proxy-mode", "nftables"];
+    let mut a = env.start_with("inajob", &nft);
+    let _b = env.start_with("yuanying", &nft);
+    wait_for("routes", Duration::from_secs(10), || async {
+        env.our_routes("inajob").len() == 1 && env.our_routes("yuanying").len() == 1
+    })
+    .await;
+    // web-001 on yuanying, web-002 and a client pod on inajob.
+    let (web1, ip1) = pod(&env, "yuanying", "web-001");
+    let (web2, ip2) = pod(&env, "inajob", "web-002");
+    let (client, _) = pod(&env, "inajob", "client");
+    assert_eq!((ip1.as_str(), ip2.as_str()), ("10.244.2.2", "10.244.1.2"));
+    serve_http(&web1, "web-001");
+    serve_http(&web2, "web-002");
+
+    let admin = env.admin().await;
+    let services: Api<Service> = Api::namespaced(admin.clone(), "default");
+    let endpoints: Api<Endpoints> = Api::namespaced(admin.clone(), "default");
+    let pp = PostParams::default();
+    services
+        .create(&pp, &testbed::testdata::load_one("service-web.yaml"))
+        .await
+        .expect("service");
+    endpoints
+        .create(&pp, &testbed::testdata::load_one("endpoints-web.yaml"))
+        .await
+        .expect("endpoints");
+    // Malformed objects beside it: an SCTP port, an invalid address.
+    let bad_svc: Service = serde_json::from_value(json!({
+        "metadata": {"name": "sctp"},
+        "spec": {"clusterIP": "10.254.10.201", "ports": [{"port": 80, "protocol": "SCTP"}]}
+    }))
+    .expect("svc");
+    services.create(&pp, &bad_svc).await.expect("sctp");
+    let empty: Service = serde_json::from_value(json!({
+        "metadata": {"name": "empty"},
+        "spec": {"clusterIP": "10.254.10.129", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}
+    }))
+    .expect("svc");
+    services.create(&pp, &empty).await.expect("empty");
+    let bad_ep: Endpoints = serde_json::from_value(json!({
+        "metadata": {"name": "empty"},
+        "subsets": [{"addresses": [{"ip": "not-an-ip"}], "ports": [{"name": "http", "port": 8080}]}]
+    }))
+    .expect("ep");
+    endpoints.create(&pp, &bad_ep).await.expect("bad endpoints");
+
+    let both = Some(vec![
+        "10.244.1.2:8080".to_string(),
+        "10.244.2.2:8080".to_string(),
+    ]);
+    for node in ["inajob", "yuanying"] {
+        wait_for(
+            &format!("the service on {node}"),
+            Duration::from_secs(10),
+            || async { endpoints_on(&env, node) == both },
+        )
+        .await;
+    }
+    // From the node and from a pod: round robin over both nodes' pods.
+    let from_node = answers(env.ns("inajob"), 4);
+    assert!(alternate(&from_node), "from the node: {from_node:?}");
+    let from_pod = answers(&client, 4);
+    assert!(alternate(&from_pod), "from a pod: {from_pod:?}");
+    // No endpoint: a reset, at once.
+    let t = Instant::now();
+    let refused = client.run(|| {
+        TcpStream::connect_timeout(
+            &"10.254.10.129:80".parse().expect("addr"),
+            Duration::from_secs(3),
+        )
+    });
+    let err = refused.expect_err("connected to a Service without endpoints");
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
+    // The malformed ones were skipped, and said so.
+    let table = env.ns("inajob").sh("nft list table ip node-sync");
+    assert!(!table.contains("10.254.10.201"), "{table}");
+    let log = env.log("inajob");
+    assert!(log.contains("not-an-ip"), "{log}");
+
+    // web-002 removed from the Endpoints: gone from the rules within 1 s.
+    let one = json!({"subsets": [{"addresses": [{"ip": "10.244.2.2"}], "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}]});
+    let t = Instant::now();
+    endpoints
+        .patch("web-service", &PatchParams::default(), &Patch::Merge(&one))
+        .await
+        .expect("patch");
+    let only = Some(vec!["10.244.2.2:8080".to_string()]);
+    while endpoints_on(&env, "inajob") != only {
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            endpoints_on(&env, "inajob")
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!("endpoint removal in the rules after {:?}", t.elapsed());
+    assert_eq!(answers(&client, 4), ["web-001"; 4]);
+
+    // The API server out of reach: the rules stay and traffic flows.
+    let before = env.ns("inajob").sh("nft list table ip node-sync");
+    drop(env.nodes[0].relay.take());
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(env.ns("inajob").sh("nft list table ip node-sync"), before);
+    assert_eq!(answers(&client, 2), ["web-001"; 2]);
+    env.nodes[0].relay = Some(Relay::start(env.ns("inajob"), env.server.port()).expect("relay"));
+
+    // SIGKILL and a restart: adopted as it is, nothing flushed or doubled.
+    let _ = a.0.kill();
+    let _ = a.0.wait();
+    let programmed_runs = env
+        .log("inajob")
+        .matches("services: nftables programmed")
+        .count();
+    a = env.start_with("inajob", &nft);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(env.ns("inajob").sh("nft list table ip node-sync"), before);
+    assert_eq!(
+        env.log("inajob")
+            .matches("services: nftables programmed")
+            .count(),
+        programmed_runs,
+        "{}",
+        env.log("inajob")
+    );
+
+    // The Service deleted: every rule of it goes, on both nodes.
+    services
+        .delete("web-service", &DeleteParams::default())
+        .await
+        .expect("delete");
+    for node in ["inajob", "yuanying"] {
+        wait_for(
+            &format!("the service gone from {node}"),
+            Duration::from_secs(5),
+            || async {
+                !env.ns(node)
+                    .sh("nft list table ip node-sync")
+                    .contains("10_254_10_128")
+            },
+        )
+        .await;
+        let table = env.ns(node).sh("nft list table ip node-sync");
+        assert!(!table.contains("10.254.10.128"), "{table}");
+    }
+    drop(a);
 }
