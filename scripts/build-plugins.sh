@@ -13,5 +13,8 @@ cd "$(dirname "$0")/.."
 triple=$(rustc -vV | sed -n 's/^host: //p')
 var="CARGO_TARGET_$(echo "$triple" | tr 'a-z-' 'A-Z_')_RUSTFLAGS"
 export "$var=-C target-feature=+crt-static"
-cargo build --release --locked -q --target "$triple" -p host-local-ipam -p cni-bridge "$@"
+# Quiet unless someone watches: then cargo shows its progress bar.
+quiet=(-q)
+[[ -t 2 ]] && quiet=()
+cargo build --release --locked "${quiet[@]}" --target "$triple" -p host-local-ipam -p cni-bridge "$@"
 echo "${CARGO_TARGET_DIR:-$PWD/target}/$triple/release"

@@ -1,32 +1,70 @@
 #!/usr/bin/env bash
-# Demo of what exists so far: our host-local plugin and the Go reference
-# share one lease directory, as they would on a node being migrated.
+# The demo, the README's first command: the tutorial "k8s the heartful way"
+# replayed by our binaries on this machine. It installs what is missing,
+# builds (release, static: the binaries that ship), then `testbed demo`
+# starts the API server stand-in, the worker nodes inajob and yuanying as
+# network namespaces with a private containerd each, our CNI plugins,
+# node-sync on both nodes and `pod-runner create` for web-001 and web-002,
+# and shows each step of the story. Run as root.
+#
+#   ./scripts/demo.sh          the whole story, then everything is taken down
+#   ./scripts/demo.sh --keep   the cluster stays up; prints how to reach it
+#   ./scripts/demo.sh down     takes a kept cluster down
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+if [[ $(id -u) -ne 0 ]]; then
+  echo "run the demo as root (it creates network namespaces and runs containerd)" >&2
+  exit 1
+fi
+orchestrator=target/debug/testbed
+if [[ ${1:-} == down ]]; then
+  exec "$orchestrator" demo-down
+fi
+keep=0
+case "${1:-}" in
+  "") ;;
+  --keep) keep=1 ;;
+  *)
+    echo "usage: $0 [--keep | down]" >&2
+    exit 2
+    ;;
+esac
+
 ./scripts/deps.sh
-ours=$(./scripts/build-plugins.sh)/host-local
-ref=/usr/lib/cni/host-local
-data=$(mktemp -d /tmp/host-local-demo.XXXXXX)
-trap 'rm -rf "$data"' EXIT
+echo "== building the binaries (release, static)" >&2
+bins=$(./scripts/build-plugins.sh -p pod-runner -p node-sync -p testbed)
+echo "== building the demo's orchestrator" >&2
+# A debug build: it unwinds on a failed step, so everything it started is
+# taken down (the release profile aborts on panic).
+cargo build --locked -p testbed --bin testbed
 
-conf=$(printf '{"cniVersion":"0.3.1","name":"demo","type":"host-local","ipam":{"type":"host-local","subnet":"10.244.1.0/24","dataDir":"%s"}}' "$data")
-call() { # impl command container
-  CNI_COMMAND=$2 CNI_CONTAINERID=$3 CNI_NETNS=/var/run/netns/demo CNI_IFNAME=eth0 CNI_PATH=/usr/lib/cni \
-    "$1" <<<"$conf"
-}
-addr() { call "$@" | sed -n 's/.*"address": "\(.*\)".*/\1/p'; }
+if ((keep == 0)); then
+  exec "$orchestrator" demo --bin-dir "$bins"
+fi
 
-echo "== ADD web-001 with the reference: $(addr "$ref" ADD web-001)"
-echo "== ADD web-002 with ours:          $(addr "$ours" ADD web-002)"
-echo "== ADD web-003 with the reference: $(addr "$ref" ADD web-003)"
-echo "== leases on disk ($data/demo):"
-for f in "$data"/demo/*; do
-  printf '   %-22s %s\n' "$(basename "$f")" "$(tr '\r\n' '  ' <"$f")"
+# --keep: the demo holds the cluster in the background; follow its output
+# until it says the cluster is up (or fails).
+log=/var/tmp/heartful-demo.log
+: >"$log"
+setsid "$orchestrator" demo --bin-dir "$bins" --keep >"$log" 2>&1 </dev/null &
+pid=$!
+shown=0
+while :; do
+  lines=$(wc -l <"$log")
+  if ((lines > shown)); then
+    sed -n "$((shown + 1)),${lines}p" "$log"
+    shown=$lines
+  fi
+  if grep -q '^Take it down with' "$log"; then
+    echo "(the demo runs as pid $pid; its output: $log)"
+    exit 0
+  fi
+  if ! kill -0 "$pid" 2>/dev/null; then
+    sed -n "$((shown + 1)),\$p" "$log"
+    wait "$pid" || true
+    echo "the demo failed; its output: $log" >&2
+    exit 1
+  fi
+  sleep 0.2
 done
-call "$ours" DEL web-001 && echo "== DEL web-001 (a reference lease) with ours: ok"
-call "$ref" DEL web-002 && echo "== DEL web-002 (our lease) with the reference: ok"
-call "$ours" DEL web-003 && echo "== DEL web-003 with ours: ok"
-left=$(ls "$data/demo")
-echo "== left in the lease directory: $(echo $left)"
-[[ "$left" == $'last_reserved_ip.0\nlock' ]] && echo "demo ok"

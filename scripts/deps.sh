@@ -20,6 +20,7 @@ APT_PACKAGES=(
   umoci                       # builds the test images (no registry is reachable)
   busybox-static              # the test images' userland
   docker-registry             # an OCI registry on loopback for pod-runner's image pull test
+  make                        # make demo/test/install (the scripts work without it)
 )
 
 missing=()

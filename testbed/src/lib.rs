@@ -5,6 +5,7 @@
 pub mod apiserver;
 pub mod cluster;
 pub mod containerd;
+pub mod demo;
 pub mod http;
 pub mod image;
 pub mod kubectl;

@@ -39,6 +39,21 @@ enum Cmd {
         #[arg(long = "node", default_values_t = ["inajob".to_string(), "yuanying".to_string()])]
         nodes: Vec<String>,
     },
+    /// The tutorial's story on two emulated nodes, run by our binaries.
+    Demo {
+        /// Where pod-runner, node-sync, pause, web and the CNI plugins are
+        /// (./scripts/build-plugins.sh -p pod-runner -p node-sync -p testbed)
+        #[arg(long, env = "TESTBED_STATIC_DIR")]
+        bin_dir: Option<PathBuf>,
+        /// node-sync's --proxy-mode: auto, nftables or ipvs
+        #[arg(long, default_value = "auto")]
+        proxy_mode: String,
+        /// Leave the cluster up until `testbed demo-down` (or a signal)
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Takes down a demo kept up with --keep.
+    DemoDown,
     /// A tiny kubectl: apply YAML files, delete an object.
     Kube {
         #[arg(long)]
@@ -100,8 +115,77 @@ async fn kube_op(kubeconfig: &std::path::Path, op: KubeOp) -> Result<()> {
     Ok(())
 }
 
+/// Where a kept demo says who it is.
+const DEMO_PID: &str = "/run/heartful-demo.pid";
+
+fn demo(bin_dir: Option<PathBuf>, proxy_mode: String, keep: bool) -> Result<()> {
+    use std::sync::atomic::Ordering;
+    use testbed::demo::{self, INTERRUPTED};
+    let bin_dir = bin_dir.context(
+        "--bin-dir (or TESTBED_STATIC_DIR) is required: the directory of the static builds",
+    )?;
+    // A handler, not a blocked mask: what the demo starts (containerd,
+    // node-sync) must get SIGTERM as usual.
+    extern "C" fn on_signal(_: libc::c_int) {
+        INTERRUPTED.store(true, Ordering::SeqCst);
+    }
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, sigaction};
+    let act = SigAction::new(
+        SigHandler::Handler(on_signal),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for sig in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic.
+        unsafe { sigaction(sig, &act) }.context("installing a signal handler")?;
+    }
+    let wait = |how: &str| {
+        let _ = std::fs::write(DEMO_PID, std::process::id().to_string());
+        println!("\n{how}Take it down with: ./scripts/demo.sh down  (or testbed demo-down)");
+        while !INTERRUPTED.load(Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        let _ = std::fs::remove_file(DEMO_PID);
+    };
+    let opts = demo::Options {
+        bin_dir,
+        proxy_mode,
+    };
+    use std::io::IsTerminal;
+    let tty = std::io::stdout().is_terminal();
+    let mut out = std::io::stdout();
+    demo::run(&opts, &mut out, tty, if keep { Some(&wait) } else { None })
+        .map_err(|e| anyhow::anyhow!("the demo failed: {e}"))
+}
+
+fn demo_down() -> Result<()> {
+    let pid: i32 = std::fs::read_to_string(DEMO_PID)
+        .with_context(|| format!("no kept demo ({DEMO_PID} is missing)"))?
+        .trim()
+        .parse()
+        .with_context(|| format!("{DEMO_PID} holds no PID"))?;
+    let pid = nix::unistd::Pid::from_raw(pid);
+    nix::sys::signal::kill(pid, Signal::SIGTERM).context("signalling the demo")?;
+    // It deletes its pods and namespaces, then exits.
+    let t = std::time::Instant::now();
+    while nix::sys::signal::kill(pid, None).is_ok() {
+        if t.elapsed() > std::time::Duration::from_secs(120) {
+            anyhow::bail!("the demo (pid {pid}) did not stop within 120 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    println!("the demo is down");
+    Ok(())
+}
+
 fn main() -> Result<()> {
     match Cli::parse().cmd {
+        Cmd::Demo {
+            bin_dir,
+            proxy_mode,
+            keep,
+        } => demo(bin_dir, proxy_mode, keep),
+        Cmd::DemoDown => demo_down(),
         Cmd::Kube { kubeconfig, op } => {
             let _ = rustls::crypto::ring::default_provider().install_default();
             tokio::runtime::Builder::new_current_thread()
