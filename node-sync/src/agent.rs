@@ -172,6 +172,33 @@ impl Agent {
         Ok(n)
     }
 
+    /// One Services sync from fresh lists; `None` with `--proxy-mode
+    /// none`. Lists that fail leave the rules as they are.
+    pub async fn services_once(&self) -> anyhow::Result<Option<(usize, &'static str)>> {
+        use k8s_openapi::api::core::v1::{Endpoints, Service};
+        use k8s_openapi::api::discovery::v1::EndpointSlice;
+        let Some(mut backend) = Backend::choose(
+            self.cfg.proxy_mode,
+            self.cfg.cluster_cidr,
+            &self.cfg.ipvs_scheduler,
+        )?
+        else {
+            return Ok(None);
+        };
+        let lp = ListParams::default();
+        let c = &self.client;
+        let svcs = Api::<Service>::all(c.clone()).list(&lp).await?.items;
+        let slices = Api::<EndpointSlice>::all(c.clone()).list(&lp).await?.items;
+        let eps = Api::<Endpoints>::all(c.clone()).list(&lp).await?.items;
+        let (want, skipped) = services::model::desired(&svcs, &slices, &eps);
+        for s in &skipped {
+            tracing::warn!("services: {s}");
+        }
+        let prev = backend.programmed().await?;
+        backend.apply(&want, prev.as_deref()).await?;
+        Ok(Some((want.len(), backend.name())))
+    }
+
     async fn heartbeat_loop(&self) {
         let mut b = Beat::default();
         let mut tick = tokio::time::interval(self.cfg.status_interval.min(LEASE_EVERY));

@@ -104,6 +104,11 @@ enum Cmd {
         #[arg(long, required = true)]
         once: bool,
     },
+    /// ClusterIP Services (per --proxy-mode), once
+    Services {
+        #[arg(long, required = true)]
+        once: bool,
+    },
     /// Node registration, status and Lease, once
     NodeStatus {
         #[arg(long, required = true)]
@@ -247,9 +252,17 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Sync { .. } => {
             let n = agent.routes_once(&kernel).await?;
+            let svcs = agent.services_once().await?;
             agent.beat(&mut Beat::default(), true).await?;
             println!("node {} reported; {n} routes", agent.cfg.node_name);
+            if let Some((n, backend)) = svcs {
+                println!("{n} service ports ({backend})");
+            }
         }
+        Cmd::Services { .. } => match agent.services_once().await? {
+            Some((n, backend)) => println!("{n} service ports ({backend})"),
+            None => println!("--proxy-mode none: Services left alone"),
+        },
         Cmd::Routes { .. } => {
             let n = agent.routes_once(&kernel).await?;
             println!("{n} routes");

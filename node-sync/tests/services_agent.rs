@@ -101,6 +101,33 @@ async fn the_tutorial_service_becomes_the_nft_table() {
         .await
         .expect("endpoints");
 
+    // One sync by hand (`services --once`), then the daemon adopts it.
+    let once = Command::new("nsenter")
+        .arg(format!(
+            "--net={}",
+            cluster.node("inajob").ns.path().display()
+        ))
+        .arg(env!("CARGO_BIN_EXE_node-sync"))
+        .arg("--kubeconfig")
+        .arg(dir.path().join("inajob.kubeconfig"))
+        .args(["--node-name", "inajob", "--node-ip", "192.168.43.111"])
+        .args(["--proxy-mode", "nftables", "services", "--once"])
+        .output()
+        .expect("services --once");
+    assert!(
+        once.status.success(),
+        "{}",
+        String::from_utf8_lossy(&once.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&once.stdout),
+        "1 service ports (nftables)\n"
+    );
+    assert_eq!(
+        endpoints_of(&cluster),
+        Some(vec!["10.244.1.2:8080".into(), "10.244.2.2:8080".into()])
+    );
+
     let mut agent = start(&cluster, dir.path());
     wait_for("the tutorial service", || {
         endpoints_of(&cluster) == Some(vec!["10.244.1.2:8080".into(), "10.244.2.2:8080".into()])
