@@ -11,19 +11,11 @@
 //! through one `iptables-restore --noflush` (per address family).
 
 use ipnetwork::IpNetwork;
-use netkit::tool::ToolError;
+use netkit::tool::run;
 use sha2::{Digest, Sha512};
 
-#[derive(Debug, thiserror::Error)]
-pub enum MasqError {
-    #[error("running {tool}: {source}")]
-    Spawn {
-        tool: &'static str,
-        source: std::io::Error,
-    },
-    #[error("{tool} failed: {stderr}")]
-    Failed { tool: &'static str, stderr: String },
-}
+/// Running iptables-restore/-save: the shared tool runner's errors.
+pub use netkit::tool::ToolError as MasqError;
 
 /// `CNI-` and the first 24 hex digits of sha512(name + containerID).
 pub fn chain_name(network: &str, container_id: &str) -> String {
@@ -94,13 +86,6 @@ impl Family {
             Family::V6 => 128,
         }
     }
-}
-
-fn run(tool: &'static str, args: &[&str], input: Option<&str>) -> Result<String, MasqError> {
-    netkit::tool::run(tool, args, input).map_err(|e| match e {
-        ToolError::Spawn { tool, source } => MasqError::Spawn { tool, source },
-        ToolError::Failed { tool, stderr } => MasqError::Failed { tool, stderr },
-    })
 }
 
 fn of_family(addrs: &[IpNetwork], f: Family) -> Vec<&IpNetwork> {

@@ -278,8 +278,11 @@ async fn run(cli: Cli) -> Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Colour only for a terminal: a log file or the journal gets plain
+    // text that grep finds.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
     let _ = rustls::crypto::ring::default_provider().install_default();

@@ -609,26 +609,6 @@ async fn faults_keep_the_routes_and_node_sync_recovers() {
     );
 }
 
-/// An HTTP server in `ns` on :8080 answering `<name> <peer ip>`.
-fn serve_http(ns: &Netns, name: &'static str) {
-    let l = ns
-        .run(|| TcpListener::bind("0.0.0.0:8080"))
-        .expect("bind :8080");
-    std::thread::spawn(move || {
-        for c in l.incoming() {
-            let Ok(mut c) = c else { continue };
-            let peer = c
-                .peer_addr()
-                .map(|p| p.ip().to_string())
-                .unwrap_or_default();
-            let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
-            let mut buf = [0u8; 512];
-            let _ = c.read(&mut buf);
-            let _ = write!(c, "HTTP/1.0 200 OK\r\n\r\n{name} {peer}\n");
-        }
-    });
-}
-
 /// Who answered `n` GETs to the tutorial VIP from `ns`.
 fn answers(ns: &Netns, n: usize) -> Vec<String> {
     let vip: std::net::SocketAddr = "10.254.10.128:80".parse().expect("vip");
@@ -681,8 +661,8 @@ async fn services_over_nftables_on_two_nodes() {
     let (web2, ip2) = pod(&env, "inajob", "web-002");
     let (client, _) = pod(&env, "inajob", "client");
     assert_eq!((ip1.as_str(), ip2.as_str()), ("10.244.2.2", "10.244.1.2"));
-    serve_http(&web1, "web-001");
-    serve_http(&web2, "web-002");
+    testbed::http::serve_name(&web1, "web-001");
+    testbed::http::serve_name(&web2, "web-002");
 
     let admin = env.admin().await;
     let services: Api<Service> = Api::namespaced(admin.clone(), "default");

@@ -80,24 +80,7 @@ until_ok() { n=$1; shift; while ! "$@" >/dev/null 2>&1; do n=$((n-1)); [ $n -gt 
 until_ok 600 test -f $API/tbvm.kubeconfig || { cat /root/api.log >&2; exit 10; }
 K="testbed kube --kubeconfig $API/admin.kubeconfig"
 
-ip link add cni0 type bridge
-ip addr add 10.244.1.1/24 dev cni0
-ip link set cni0 up
-sysctl -qw net.ipv4.ip_forward=1
-for i in 1 2 3; do
-  ip netns add pod$i
-  ip link add veth$i type veth peer name eth0 netns pod$i
-  ip link set veth$i master cni0 up
-  ip -n pod$i addr add 10.244.1.$((i+1))/24 dev eth0
-  ip -n pod$i link set eth0 up
-  ip -n pod$i link set lo up
-  ip -n pod$i route add default via 10.244.1.1
-done
-for i in 1 2; do
-  mkdir -p /www$i
-  echo "backend-$i" > /www$i/index.html
-  ip netns exec pod$i httpd -p 8080 -h /www$i
-done
+@PODS@
 until_ok 600 $K apply /root/objects.yaml || { $K apply /root/objects.yaml; cat /root/api.log >&2; exit 11; }
 
 start_node_sync() {
@@ -172,7 +155,7 @@ fn node_sync_programs_ipvs_in_the_vm() {
         .file(static_bin("testbed"), "/usr/local/bin/testbed")
         .contents("/root/objects.yaml", OBJECTS, 0o644)
         .contents("/root/one.yaml", ONE_ENDPOINT, 0o644)
-        .script(SCRIPT)
+        .script(SCRIPT.replace("@PODS@", testbed::vm::PODS_ON_A_BRIDGE))
         .timeout(Duration::from_secs(420))
         .run()
         .expect("vm");

@@ -17,6 +17,7 @@ use node_sync::services::nft::{apply_in, programmed_in, render};
 use node_sync::services::{Proto, ServicePort};
 use testbed::Netns;
 use testbed::cluster::{Cluster, INAJOB};
+use testbed::http::serve_name;
 
 const VIP: &str = "10.254.10.128:80";
 const EMPTY_VIP: &str = "10.254.10.129:80";
@@ -83,27 +84,6 @@ impl Env {
             .try_sh("nft list table ip node-sync")
             .unwrap_or_default()
     }
-}
-
-/// A server in `ns` on :8080 answering `<name> <peer ip>` to each
-/// connection; the socket stays in `ns` though a plain thread serves it.
-fn serve(ns: &Netns, name: &'static str) {
-    let l = ns
-        .run(|| TcpListener::bind("0.0.0.0:8080"))
-        .expect("bind :8080");
-    std::thread::spawn(move || {
-        for c in l.incoming() {
-            let Ok(mut c) = c else { continue };
-            let peer = c
-                .peer_addr()
-                .map(|p| p.ip().to_string())
-                .unwrap_or_default();
-            let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
-            let mut buf = [0u8; 512];
-            let _ = c.read(&mut buf);
-            let _ = write!(c, "HTTP/1.0 200 OK\r\n\r\n{name} {peer}\n");
-        }
-    });
 }
 
 fn tutorial(endpoints: &[&str]) -> ServicePort {
@@ -191,8 +171,8 @@ fn services_without_br_netfilter() {
 
 fn exercise(env: &Env, br_netfilter: bool) {
     let t0 = Instant::now();
-    serve(&env.pods[0], "web-a");
-    serve(&env.pods[1], "web-b");
+    serve_name(&env.pods[0], "web-a");
+    serve_name(&env.pods[1], "web-b");
     let both = ["10.244.1.2:8080", "10.244.1.3:8080"];
 
     // Nothing programmed yet: no table, nothing to adopt.
@@ -328,8 +308,8 @@ fn incremental_updates_match_a_rewrite() {
     use node_sync::services::nft::render_changes;
     let env = Env::new("svcinc");
     let reference = Env::new("svcref");
-    serve(&env.pods[0], "web-a");
-    serve(&env.pods[1], "web-b");
+    serve_name(&env.pods[0], "web-a");
+    serve_name(&env.pods[1], "web-b");
     let cidr = "10.244.0.0/16".parse::<IpNetwork>().expect("cidr");
     let both = ["10.244.1.2:8080", "10.244.1.3:8080"];
     let mut states: Vec<Vec<ServicePort>> = vec![

@@ -43,3 +43,25 @@ pub fn get_path_in(path: &Path, addr: SocketAddr, url_path: &str) -> String {
     .and_then(|r| r)
     .unwrap_or_else(|e: std::io::Error| panic!("GET http://{addr}/ from {}: {e}", path.display()))
 }
+
+/// A server in `ns` on :8080 answering `<name> <peer ip>` to each
+/// connection, for the rest of the process: which backend answered, and
+/// whom it saw. The socket stays in `ns` though a plain thread serves it.
+pub fn serve_name(ns: &Netns, name: &'static str) {
+    let l = ns
+        .run(|| std::net::TcpListener::bind("0.0.0.0:8080"))
+        .unwrap_or_else(|e| panic!("bind :8080 in {}: {e}", ns.name()));
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { continue };
+            let peer = c
+                .peer_addr()
+                .map(|p| p.ip().to_string())
+                .unwrap_or_default();
+            let _ = c.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buf = [0u8; 512];
+            let _ = c.read(&mut buf);
+            let _ = write!(c, "HTTP/1.0 200 OK\r\n\r\n{name} {peer}\n");
+        }
+    });
+}

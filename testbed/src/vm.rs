@@ -45,6 +45,30 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// A guest script fragment: a bridge `cni0` (10.244.1.1/24, forwarding on)
+/// and three pods on it, netns `pod1`..`pod3` at 10.244.1.2-4 with a
+/// default route through the bridge; pod1 and pod2 answer `backend-1` and
+/// `backend-2` on :8080 (busybox httpd).
+pub const PODS_ON_A_BRIDGE: &str = r#"ip link add cni0 type bridge
+ip addr add 10.244.1.1/24 dev cni0
+ip link set cni0 up
+sysctl -qw net.ipv4.ip_forward=1
+for i in 1 2 3; do
+  ip netns add pod$i
+  ip link add veth$i type veth peer name eth0 netns pod$i
+  ip link set veth$i master cni0 up
+  ip -n pod$i addr add 10.244.1.$((i+1))/24 dev eth0
+  ip -n pod$i link set eth0 up
+  ip -n pod$i link set lo up
+  ip -n pod$i route add default via 10.244.1.1
+done
+for i in 1 2; do
+  mkdir -p /www$i
+  echo "backend-$i" > /www$i/index.html
+  ip netns exec pod$i httpd -p 8080 -h /www$i
+done
+"#;
+
 /// Why a VM run failed. The script's own failure is not an error: see
 /// [`VmOutput::exit_code`].
 #[derive(Debug, thiserror::Error)]

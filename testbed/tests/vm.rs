@@ -15,24 +15,7 @@ set -e
 VIP=10.96.0.10
 ip link add kube-ipvs0 type dummy
 ip addr add $VIP/32 dev kube-ipvs0
-ip link add cni0 type bridge
-ip addr add 10.244.1.1/24 dev cni0
-ip link set cni0 up
-sysctl -qw net.ipv4.ip_forward=1
-for i in 1 2 3; do
-  ip netns add pod$i
-  ip link add veth$i type veth peer name eth0 netns pod$i
-  ip link set veth$i master cni0 up
-  ip -n pod$i addr add 10.244.1.$((i+1))/24 dev eth0
-  ip -n pod$i link set eth0 up
-  ip -n pod$i link set lo up
-  ip -n pod$i route add default via 10.244.1.1
-done
-for i in 1 2; do
-  mkdir -p /www$i
-  echo "backend-$i" > /www$i/index.html
-  ip netns exec pod$i httpd -p 8080 -h /www$i
-done
+@PODS@
 ipvsadm -A -t $VIP:80 -s rr
 ipvsadm -a -t $VIP:80 -r 10.244.1.2:8080 -m
 ipvsadm -a -t $VIP:80 -r 10.244.1.3:8080 -m
@@ -66,7 +49,7 @@ fn ipvs_round_robin_in_the_vm() {
     let t = Instant::now();
     let out = Vm::builder()
         .file(env!("CARGO_BIN_EXE_web"), "/usr/local/bin/web")
-        .script(IPVS)
+        .script(IPVS.replace("@PODS@", testbed::vm::PODS_ON_A_BRIDGE))
         .timeout(Duration::from_secs(240))
         .run()
         .expect("vm");

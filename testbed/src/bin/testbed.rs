@@ -4,6 +4,9 @@
 //! starts the API server stand-in, writes `DIR/admin.kubeconfig` and one
 //! kubeconfig per node, prints them, and serves until SIGINT or SIGTERM.
 //!
+//! `testbed vm SCRIPT [--file HOST:GUEST]...` runs a script in the qemu VM
+//! with Debian's kernel.
+//!
 //! `testbed kube --kubeconfig K apply FILE...` creates (or replaces) the
 //! objects of YAML files, and `testbed kube --kubeconfig K delete KIND
 //! NAME [-n NS]` deletes one: a tiny kubectl where there is none (the VM).
@@ -54,6 +57,17 @@ enum Cmd {
     },
     /// Takes down a demo kept up with --keep.
     DemoDown,
+    /// Runs a script in the qemu VM with Debian's kernel (IPVS, dummy,
+    /// VLAN filtering); prints its stdout and stderr, exits with its code.
+    Vm {
+        /// The guest script (busybox sh).
+        script: PathBuf,
+        /// HOST:GUEST, a file to put in the guest (repeatable).
+        #[arg(long = "file", value_name = "HOST:GUEST")]
+        files: Vec<String>,
+        #[arg(long, default_value_t = 600)]
+        timeout_seconds: u64,
+    },
     /// A tiny kubectl: apply YAML files, delete an object.
     Kube {
         #[arg(long)]
@@ -186,6 +200,28 @@ fn main() -> Result<()> {
             keep,
         } => demo(bin_dir, proxy_mode, keep),
         Cmd::DemoDown => demo_down(),
+        Cmd::Vm {
+            script,
+            files,
+            timeout_seconds,
+        } => {
+            let text = std::fs::read_to_string(&script)
+                .with_context(|| format!("reading {}", script.display()))?;
+            let mut b = testbed::vm::Vm::builder()
+                .name("testbed-vm")
+                .script(text)
+                .timeout(std::time::Duration::from_secs(timeout_seconds));
+            for f in files {
+                let (host, guest) = f
+                    .split_once(':')
+                    .with_context(|| format!("{f:?} is not HOST:GUEST"))?;
+                b = b.file(host, guest);
+            }
+            let out = b.run().context("running the VM")?;
+            print!("{}", out.stdout);
+            eprint!("{}", out.stderr);
+            std::process::exit(out.exit_code);
+        }
         Cmd::Kube { kubeconfig, op } => {
             let _ = rustls::crypto::ring::default_provider().install_default();
             tokio::runtime::Builder::new_current_thread()
