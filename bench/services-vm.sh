@@ -80,10 +80,11 @@ for backend in nftables ipvs; do
     --containerd-socket /run/none.sock --cni-conf-dir /run/none --metrics-addr 127.0.0.1:10249 \
     --proxy-mode $backend run >>/root/ns.log 2>&1 &
   pid=$!
-  w=0
   until grep -q "services: $backend programmed services=$N" /root/ns.log; do
     kill -0 $pid || { cat /root/ns.log >&2; exit 11; }
-    w=$((w+1)); [ $w -lt 6000 ] || { echo "$backend: not programmed after 300 s" >&2; tail -20 /root/ns.log >&2; exit 12; }
+    if [ "$(echo "$(now) $t0" | awk '{print ($1 - $2 > 300)}')" = 1 ]; then
+      echo "$backend: not programmed after 300 s" >&2; tail -20 /root/ns.log >&2; exit 12
+    fi
     sleep 0.05
   done
   t1=$(now)

@@ -55,6 +55,9 @@ pub(crate) const MODULES: &[&str] = &[
     "nft_masq",
     "nft_nat",
     "nft_reject_inet",
+    // node-sync's nftables Services: round robin, hairpin lookup.
+    "nft_numgen",
+    "nft_fib_ipv4",
     "nfnetlink",
     "ip6_tables",
     "ip6table_filter",
