@@ -1,6 +1,6 @@
 //! `cni-bench`: our CNI plugins against the Go reference plugins, and
 //! pod-runner against a shell baseline with `ctr`, in one run; node-sync's
-//! routes against their targets.
+//! routes and Services against their targets.
 //!
 //! Both sides run on the same machine in the same run, taking turns, so the
 //! ratios printed do not depend on how fast or busy the machine is. Every
@@ -13,6 +13,7 @@ mod host_local;
 mod node_sync;
 mod plugin;
 mod pod_startup;
+mod services;
 mod stats;
 
 use std::process::ExitCode;
@@ -48,6 +49,10 @@ enum Bench {
     /// API, single Node changes to the kernel, peak RSS, on one emulated
     /// node.
     NodeSync(node_sync::Options),
+    /// node-sync's ClusterIP Services (nftables): the full sync with
+    /// 10,000 Services in the API, single endpoint changes to the kernel,
+    /// peak RSS, on one emulated node.
+    Services(services::Options),
 }
 
 /// The signal that asked us to stop, or 0.
@@ -108,6 +113,7 @@ fn main() -> ExitCode {
         Bench::Bridge(opts) => bridge::run(opts),
         Bench::PodStartup(opts) => pod_startup::run(opts),
         Bench::NodeSync(opts) => node_sync::run(opts),
+        Bench::Services(opts) => services::run(opts),
     });
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

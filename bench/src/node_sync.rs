@@ -195,16 +195,35 @@ fn run_in<T: Send + 'static>(path: &Path, f: impl FnOnce() -> T + Send + 'static
 
 // -------------------------------------------------------------- metrics
 
-/// node-sync's `/metrics`, the values we read.
-#[derive(Clone, Copy, Debug, Default)]
-struct Reading {
-    syncs: f64,
-    duration: f64,
-    programmed: f64,
-    errors: f64,
+/// A reconciler whose figures are read from `/metrics`: its label and
+/// the gauge of what it programmed.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Reconciler {
+    pub(crate) name: &'static str,
+    pub(crate) programmed: &'static str,
 }
 
-fn parse_metrics(text: &str) -> Reading {
+const ROUTES: Reconciler = Reconciler {
+    name: "routes",
+    programmed: "node_sync_routes_programmed",
+};
+
+/// node-sync's `/metrics`, the values we read for one reconciler.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Reading {
+    pub(crate) syncs: f64,
+    pub(crate) duration: f64,
+    pub(crate) programmed: f64,
+    pub(crate) errors: f64,
+}
+
+fn parse_metrics(text: &str, rec: Reconciler) -> Reading {
+    let labelled = |m: &str| format!("{m}{{reconciler=\"{}\"}}", rec.name);
+    let (syncs, duration, errors) = (
+        labelled("node_sync_syncs_total"),
+        labelled("node_sync_sync_duration_seconds"),
+        labelled("node_sync_errors_total"),
+    );
     let mut r = Reading::default();
     for line in text.lines() {
         let Some((key, v)) = line.rsplit_once(' ') else {
@@ -212,18 +231,18 @@ fn parse_metrics(text: &str) -> Reading {
         };
         let Ok(v) = v.parse::<f64>() else { continue };
         match key {
-            "node_sync_syncs_total{reconciler=\"routes\"}" => r.syncs = v,
-            "node_sync_sync_duration_seconds{reconciler=\"routes\"}" => r.duration = v,
-            "node_sync_routes_programmed" => r.programmed = v,
-            "node_sync_errors_total{reconciler=\"routes\"}" => r.errors = v,
+            k if k == syncs => r.syncs = v,
+            k if k == duration => r.duration = v,
+            k if k == errors => r.errors = v,
+            k if k == rec.programmed => r.programmed = v,
             _ => {}
         }
     }
     r
 }
 
-/// `GET /metrics` on the node's loopback.
-fn metrics(ns: &Path) -> Result<Reading> {
+/// `GET /metrics` on the node's loopback, for `rec`.
+pub(crate) fn metrics(ns: &Path, rec: Reconciler) -> Result<Reading> {
     let body = run_in(ns, || -> std::io::Result<String> {
         let addr: SocketAddr = METRICS.parse().map_err(std::io::Error::other)?;
         let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
@@ -238,21 +257,22 @@ fn metrics(ns: &Path) -> Result<Reading> {
         body.starts_with("HTTP/1.0 200") || body.starts_with("HTTP/1.1 200"),
         "/metrics answered {body:?}"
     );
-    Ok(parse_metrics(&body))
+    Ok(parse_metrics(&body, rec))
 }
 
-/// Reads `/metrics` until the routes sync counter passes `after` (the
+/// Reads `/metrics` until `rec`'s sync counter passes `after` (the
 /// counter is bumped right after the sync's last kernel call returns).
-fn metrics_after(ns: &Path, after: f64) -> Result<(Reading, Duration)> {
+pub(crate) fn metrics_after(ns: &Path, rec: Reconciler, after: f64) -> Result<(Reading, Duration)> {
     let t = Instant::now();
     loop {
-        let r = metrics(ns)?;
+        let r = metrics(ns, rec)?;
         if r.syncs > after {
             return Ok((r, t.elapsed()));
         }
         ensure!(
             t.elapsed() < Duration::from_secs(5),
-            "node_sync_syncs_total{{reconciler=\"routes\"}} stayed at {} for 5 s",
+            "node_sync_syncs_total{{reconciler=\"{}\"}} stayed at {} for 5 s",
+            rec.name,
             r.syncs
         );
         std::thread::sleep(Duration::from_millis(1));
@@ -293,8 +313,8 @@ struct RouteEvent {
     via: Option<Ipv4Addr>,
 }
 
-enum Seen {
-    Route(RouteEvent),
+enum Seen<E> {
+    Event(E),
     /// The socket's buffer overflowed: notifications were lost.
     Lost,
     Failed(String),
@@ -308,6 +328,36 @@ fn u32_at(b: &[u8], i: usize) -> Option<u32> {
     Some(u32::from_ne_bytes(b.get(i..i + 4)?.try_into().ok()?))
 }
 
+/// The netlink messages in one datagram: each one's type and the whole
+/// message (header included).
+pub(crate) fn nl_messages(buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    let mut off = 0;
+    std::iter::from_fn(move || {
+        let (len, kind) = (u32_at(buf, off)? as usize, u16_at(buf, off + 4)?);
+        if len < 16 || off + len > buf.len() {
+            return None;
+        }
+        let msg = &buf[off..off + len];
+        off += (len + 3) & !3;
+        Some((kind, msg))
+    })
+}
+
+/// The attributes of a netlink message from byte `start` on: each one's
+/// type (without the nested and byte-order flags) and its payload.
+pub(crate) fn nl_attrs(msg: &[u8], start: usize) -> impl Iterator<Item = (u16, &[u8])> {
+    let mut a = start;
+    std::iter::from_fn(move || {
+        let (alen, atype) = (u16_at(msg, a)? as usize, u16_at(msg, a + 2)?);
+        if alen < 4 || a + alen > msg.len() {
+            return None;
+        }
+        let payload = &msg[a + 4..a + alen];
+        a += (alen + 3) & !3;
+        Some((atype & 0x3fff, payload))
+    })
+}
+
 fn ipv4_at(b: &[u8], i: usize) -> Option<Ipv4Addr> {
     let o: [u8; 4] = b.get(i..i + 4)?.try_into().ok()?;
     Some(Ipv4Addr::from(o))
@@ -316,14 +366,7 @@ fn ipv4_at(b: &[u8], i: usize) -> Option<Ipv4Addr> {
 /// The route messages in one datagram: protocol-200 IPv4 routes of the
 /// main table.
 fn parse_routes(buf: &[u8], at: Instant, out: &mut Vec<RouteEvent>) {
-    let mut off = 0;
-    while let (Some(len), Some(kind)) = (u32_at(buf, off), u16_at(buf, off + 4)) {
-        let len = len as usize;
-        if len < 16 || off + len > buf.len() {
-            return;
-        }
-        let msg = &buf[off..off + len];
-        off += (len + 3) & !3;
+    for (kind, msg) in nl_messages(buf) {
         let change = match kind {
             RTM_NEWROUTE => Change::New,
             RTM_DELROUTE => Change::Del,
@@ -337,19 +380,13 @@ fn parse_routes(buf: &[u8], at: Instant, out: &mut Vec<RouteEvent>) {
             continue;
         }
         let (mut dst, mut via) = (Ipv4Addr::UNSPECIFIED, None);
-        let mut a = 28;
-        while let (Some(alen), Some(atype)) = (u16_at(msg, a), u16_at(msg, a + 2)) {
-            let alen = alen as usize;
-            if alen < 4 || a + alen > msg.len() {
-                break;
-            }
+        for (atype, p) in nl_attrs(msg, 28) {
             match atype {
-                RTA_DST => dst = ipv4_at(msg, a + 4).unwrap_or(dst),
-                RTA_GATEWAY => via = ipv4_at(msg, a + 4),
-                RTA_TABLE => table = u32_at(msg, a + 4).unwrap_or(table),
+                RTA_DST => dst = ipv4_at(p, 0).unwrap_or(dst),
+                RTA_GATEWAY => via = ipv4_at(p, 0),
+                RTA_TABLE => table = u32_at(p, 0).unwrap_or(table),
                 _ => {}
             }
-            a += (alen + 3) & !3;
         }
         if table == RT_TABLE_MAIN {
             out.push(RouteEvent {
@@ -362,23 +399,37 @@ fn parse_routes(buf: &[u8], at: Instant, out: &mut Vec<RouteEvent>) {
     }
 }
 
-/// A netlink socket in the node netns that gets every IPv4 route change,
-/// read on its own thread into a channel. Dropping it stops the thread
-/// and closes the socket (which would otherwise keep the netns alive).
-struct Monitor {
-    rx: mpsc::Receiver<Seen>,
+/// Turns one datagram's messages into events stamped `at`.
+pub(crate) type Parse<E> = fn(&[u8], Instant, &mut Vec<E>);
+
+/// A netlink socket in the node netns subscribed to notification groups
+/// (every IPv4 route change; every nftables change), read on its own
+/// thread into a channel as the events `parse` makes of them. Dropping it
+/// stops the thread and closes the socket (which would otherwise keep the
+/// netns alive).
+pub(crate) struct Monitor<E> {
+    what: &'static str,
+    rx: mpsc::Receiver<Seen<E>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
-impl Monitor {
-    fn start(ns: &Path) -> Result<Monitor> {
-        let fd: OwnedFd = run_in(ns, || -> nix::Result<OwnedFd> {
+impl<E: Send + 'static> Monitor<E> {
+    /// Subscribed to `groups` (a bitmask) of netlink `family` when this
+    /// returns: nothing after it is missed.
+    pub(crate) fn start(
+        ns: &Path,
+        what: &'static str,
+        family: SockProtocol,
+        groups: u32,
+        parse: Parse<E>,
+    ) -> Result<Monitor<E>> {
+        let fd: OwnedFd = run_in(ns, move || -> nix::Result<OwnedFd> {
             let fd = socket(
                 AddressFamily::Netlink,
                 SockType::Raw,
                 SockFlag::SOCK_CLOEXEC,
-                SockProtocol::NetlinkRoute,
+                family,
             )?;
             // Room for every notification of a full table at once (root
             // may go past rmem_max).
@@ -388,15 +439,15 @@ impl Monitor {
                 sockopt::ReceiveTimeout,
                 &nix::sys::time::TimeVal::new(0, 50_000),
             )?;
-            bind(fd.as_raw_fd(), &NetlinkAddr::new(0, RTMGRP_IPV4_ROUTE))?;
+            bind(fd.as_raw_fd(), &NetlinkAddr::new(0, groups))?;
             Ok(fd)
         })?
-        .context("a netlink route socket in the node netns")?;
+        .with_context(|| format!("a netlink {what} socket in the node netns"))?;
         let (tx, rx) = mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&stop);
         let thread = std::thread::Builder::new()
-            .name("route-monitor".into())
+            .name(format!("{what}-monitor"))
             .spawn(move || {
                 let mut buf = vec![0u8; 1 << 20];
                 let mut evs = Vec::new();
@@ -407,9 +458,9 @@ impl Monitor {
                             if u16_at(&buf[..n], 4) == Some(NLMSG_ERROR) {
                                 continue;
                             }
-                            parse_routes(&buf[..n], at, &mut evs);
+                            parse(&buf[..n], at, &mut evs);
                             for e in evs.drain(..) {
-                                if tx.send(Seen::Route(e)).is_err() {
+                                if tx.send(Seen::Event(e)).is_err() {
                                     return;
                                 }
                             }
@@ -425,27 +476,29 @@ impl Monitor {
                     }
                 }
             })
-            .context("starting the route monitor")?;
+            .with_context(|| format!("starting the {what} monitor"))?;
         Ok(Monitor {
+            what,
             rx,
             stop,
             thread: Some(thread),
         })
     }
 
-    /// The next route event within `limit`; `Ok(None)` on timeout.
-    fn next(&self, limit: Duration) -> Result<Option<RouteEvent>> {
+    /// The next event within `limit`; `Ok(None)` on timeout.
+    pub(crate) fn next(&self, limit: Duration) -> Result<Option<E>> {
+        let what = self.what;
         match self.rx.recv_timeout(limit) {
-            Ok(Seen::Route(e)) => Ok(Some(e)),
-            Ok(Seen::Lost) => bail!("the route monitor's socket overflowed: notifications lost"),
-            Ok(Seen::Failed(e)) => bail!("the route monitor failed: {e}"),
+            Ok(Seen::Event(e)) => Ok(Some(e)),
+            Ok(Seen::Lost) => bail!("the {what} monitor's socket overflowed: notifications lost"),
+            Ok(Seen::Failed(e)) => bail!("the {what} monitor failed: {e}"),
             Err(mpsc::RecvTimeoutError::Timeout) => Ok(None),
-            Err(mpsc::RecvTimeoutError::Disconnected) => bail!("the route monitor stopped"),
+            Err(mpsc::RecvTimeoutError::Disconnected) => bail!("the {what} monitor stopped"),
         }
     }
 }
 
-impl Drop for Monitor {
+impl<E> Drop for Monitor<E> {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
@@ -457,17 +510,17 @@ impl Drop for Monitor {
 // ---------------------------------------------------------------- agent
 
 /// The node-sync process: killed and reaped on drop.
-struct Agent {
+pub(crate) struct Agent {
     child: Child,
     log: PathBuf,
 }
 
 impl Agent {
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    fn alive(&mut self) -> Result<()> {
+    pub(crate) fn alive(&mut self) -> Result<()> {
         if let Some(st) = self.child.try_wait().context("waiting for node-sync")? {
             bail!(
                 "node-sync exited ({st}); its log:\n{}",
@@ -477,33 +530,35 @@ impl Agent {
         Ok(())
     }
 
-    /// SIGTERM (it leaves the routes in place), then SIGKILL after 5 s.
-    fn stop(&mut self) -> Result<()> {
+    /// SIGTERM (it leaves the routes in place); how long it took to exit,
+    /// an error when it has not after `limit` (the drop kills it).
+    pub(crate) fn stop(&mut self, limit: Duration) -> Result<Duration> {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         let t = Instant::now();
-        while t.elapsed() < Duration::from_secs(5) {
+        while t.elapsed() < limit {
             if let Some(st) = self.child.try_wait().context("waiting for node-sync")? {
                 ensure!(st.success(), "node-sync exited with {st} on SIGTERM");
-                return Ok(());
+                return Ok(t.elapsed());
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        bail!("node-sync did not stop within 5 s of SIGTERM");
+        bail!("node-sync did not stop within {limit:?} of SIGTERM");
     }
 }
 
 impl Drop for Agent {
+    /// Kills node-sync and what it started: it leads its own process
+    /// group, and an `nft -f` of a large table would otherwise run on.
     fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-        }
+        let pgid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::killpg(pgid, nix::sys::signal::Signal::SIGKILL);
         let _ = self.child.wait();
     }
 }
 
 /// `VmHWM` and `VmRSS` of `pid`, in KiB.
-fn memory(pid: u32) -> Result<(u64, u64)> {
+pub(crate) fn memory(pid: u32) -> Result<(u64, u64)> {
     let st = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .with_context(|| format!("reading /proc/{pid}/status"))?;
     let field = |name: &str| -> Result<u64> {
@@ -531,7 +586,7 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 
 /// The timestamp tracing-subscriber starts a line with,
 /// `2025-01-31T12:34:56.123456Z`, as seconds since the epoch.
-fn log_time(line: &str) -> Option<f64> {
+pub(crate) fn log_time(line: &str) -> Option<f64> {
     let ts = line.split_whitespace().next()?.strip_suffix('Z')?;
     let (date, time) = ts.split_once('T')?;
     let mut d = date.splitn(3, '-').map(|p| p.parse::<i64>().ok());
@@ -546,7 +601,7 @@ fn log_time(line: &str) -> Option<f64> {
 }
 
 /// Drops ANSI colour sequences.
-fn plain(line: &str) -> String {
+pub(crate) fn plain(line: &str) -> String {
     let mut out = String::with_capacity(line.len());
     let mut chars = line.chars();
     while let Some(c) = chars.next() {
@@ -565,7 +620,7 @@ fn plain(line: &str) -> String {
 
 /// Seconds after `since` (epoch seconds) of the first log line containing
 /// `what`.
-fn logged_at(log: &str, what: &str, since: f64) -> Option<f64> {
+pub(crate) fn logged_at(log: &str, what: &str, since: f64) -> Option<f64> {
     log.lines()
         .map(plain)
         .find(|l| l.contains(what))
@@ -573,7 +628,7 @@ fn logged_at(log: &str, what: &str, since: f64) -> Option<f64> {
         .map(|t| t - since)
 }
 
-fn epoch(t: SystemTime) -> f64 {
+pub(crate) fn epoch(t: SystemTime) -> f64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs_f64())
         .unwrap_or(0.0)
@@ -583,14 +638,14 @@ fn epoch(t: SystemTime) -> f64 {
 
 /// Everything of the run; fields drop in order: node-sync, the monitor's
 /// socket, the relay and the API server, the netns, the directory.
-struct Env {
+pub(crate) struct Env {
     agent: Option<Agent>,
-    monitor: Option<Monitor>,
+    monitor: Option<Monitor<RouteEvent>>,
     _relay: Relay,
     _server: ApiServer,
     cluster: Cluster,
     dir: tempfile::TempDir,
-    rt: tokio::runtime::Runtime,
+    pub(crate) rt: tokio::runtime::Runtime,
 }
 
 impl Env {
@@ -623,17 +678,28 @@ impl Env {
         })
     }
 
-    fn ns(&self) -> PathBuf {
+    /// The node's netns.
+    pub(crate) fn ns(&self) -> PathBuf {
         self.cluster.node(NODE.0).ns.path()
     }
 
-    fn nodes(&self) -> Result<Api<Node>> {
-        let kc = Kubeconfig::read_from(self.dir.path().join("admin.kubeconfig"))
+    /// A file in the run's directory (removed with it).
+    pub(crate) fn file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A client of the API server as its admin (`system:masters`).
+    pub(crate) fn admin(&self) -> Result<Client> {
+        let kc = Kubeconfig::read_from(self.file("admin.kubeconfig"))
             .context("reading the admin kubeconfig")?;
         self.rt.block_on(async {
             let cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
-            anyhow::Ok(Api::all(Client::try_from(cfg)?))
+            anyhow::Ok(Client::try_from(cfg)?)
         })
+    }
+
+    fn nodes(&self) -> Result<Api<Node>> {
+        Ok(Api::all(self.admin()?))
     }
 
     /// Our routes in the node's main table, `dst -> gateway`, from `ip`.
@@ -657,10 +723,14 @@ impl Env {
         Ok(t)
     }
 
-    fn start_agent(&mut self, bin: &Path) -> Result<()> {
-        let log = self.dir.path().join("node-sync.log");
+    /// Spawns `node-sync <extra> run` in the node netns, its log to a file.
+    pub(crate) fn start_agent(&mut self, bin: &Path, extra: &[&str]) -> Result<()> {
+        use std::os::unix::process::CommandExt;
+        let log = self.file("node-sync.log");
         let f = File::create(&log).context("creating the node-sync log")?;
         let mut cmd = Command::new("nsenter");
+        // Its own process group, for the drop; a Ctrl-C reaches us only.
+        cmd.process_group(0);
         let child = crate::default_signal_mask(&mut cmd)
             .arg(format!("--net={}", self.ns().display()))
             .arg(bin)
@@ -674,6 +744,7 @@ impl Env {
             .arg(self.dir.path().join("no-containerd.sock"))
             .arg("--cni-conf-dir")
             .arg(self.dir.path().join("net.d"))
+            .args(extra)
             .arg("run")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -685,16 +756,56 @@ impl Env {
         Ok(())
     }
 
-    fn agent(&mut self) -> Result<&mut Agent> {
+    pub(crate) fn agent(&mut self) -> Result<&mut Agent> {
         self.agent.as_mut().context("node-sync is not running")
     }
 
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("node-sync.log")).unwrap_or_default()
+    /// node-sync's log so far.
+    pub(crate) fn log(&self) -> String {
+        std::fs::read_to_string(self.file("node-sync.log")).unwrap_or_default()
     }
 }
 
-fn loadavg() -> String {
+/// Checks what a node-sync benchmark needs: root, the binary, `tools` on
+/// PATH. Returns the binary's canonical path.
+pub(crate) fn preflight(bench: &str, node_sync: &Path, tools: &[&str]) -> Result<PathBuf> {
+    if !nix::unistd::geteuid().is_root() {
+        bail!("the {bench} benchmark creates network namespaces: run it as root");
+    }
+    let bin = std::fs::canonicalize(node_sync)
+        .with_context(|| format!("no node-sync at {}", node_sync.display()))?;
+    ensure!(bin.is_file(), "{} is not a file", bin.display());
+    for t in tools {
+        ensure!(
+            std::env::var_os("PATH")
+                .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(t).is_file())),
+            "{t} is not on PATH"
+        );
+    }
+    Ok(bin)
+}
+
+/// Runs `f` in a fresh [`Env`]; when it fails, prints the end of
+/// node-sync's log. node-sync, the netns and the directory are gone when
+/// this returns, whatever `f` did.
+pub(crate) fn with_env<T>(f: impl FnOnce(&mut Env) -> Result<T>) -> Result<T> {
+    let mut env = Env::new()?;
+    let outcome = f(&mut env);
+    if outcome.is_err() {
+        let log = env.log();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        if !tail.is_empty() {
+            eprintln!("node-sync log (last lines):");
+            for l in tail.into_iter().rev() {
+                eprintln!("  {}", plain(l));
+            }
+        }
+    }
+    drop(env);
+    outcome
+}
+
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "?".into())
@@ -737,19 +848,7 @@ struct Outcome {
 }
 
 pub fn run(o: &Options) -> Result<()> {
-    if !nix::unistd::geteuid().is_root() {
-        bail!("the node-sync benchmark creates network namespaces: run it as root");
-    }
-    let bin = std::fs::canonicalize(&o.node_sync)
-        .with_context(|| format!("no node-sync at {}", o.node_sync.display()))?;
-    ensure!(bin.is_file(), "{} is not a file", bin.display());
-    for t in ["nsenter", "ip"] {
-        ensure!(
-            std::env::var_os("PATH")
-                .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(t).is_file())),
-            "{t} is not on PATH"
-        );
-    }
+    let bin = preflight("node-sync", &o.node_sync, &["nsenter", "ip"])?;
     let load_before = loadavg();
     println!(
         "node-sync: {} on node {} {}, {} other Nodes, {} change rounds",
@@ -759,23 +858,11 @@ pub fn run(o: &Options) -> Result<()> {
         o.nodes,
         o.changes
     );
-    let mut env = Env::new()?;
-    let outcome = measure(o, &bin, &mut env);
-    if outcome.is_err() {
-        let log = env.log();
-        let tail: Vec<&str> = log.lines().rev().take(20).collect();
-        if !tail.is_empty() {
-            eprintln!("node-sync log (last lines):");
-            for l in tail.into_iter().rev() {
-                eprintln!("  {}", plain(l));
-            }
-        }
-    }
-    drop(env);
-    report(o, &outcome?, &load_before)
+    let outcome = with_env(|env| measure(o, &bin, env))?;
+    report(o, &outcome, &load_before)
 }
 
-fn check_interrupt() -> Result<()> {
+pub(crate) fn check_interrupt() -> Result<()> {
     if let Some(sig) = crate::interrupted() {
         bail!("interrupted by signal {sig}");
     }
@@ -842,10 +929,16 @@ fn measure(o: &Options, bin: &Path, env: &mut Env) -> Result<Outcome> {
     );
 
     // Cold start.
-    env.monitor = Some(Monitor::start(&ns)?);
+    env.monitor = Some(Monitor::start(
+        &ns,
+        "route",
+        SockProtocol::NetlinkRoute,
+        RTMGRP_IPV4_ROUTE,
+        parse_routes,
+    )?);
     check_interrupt()?;
     let (spawned, spawned_wall) = (Instant::now(), SystemTime::now());
-    env.start_agent(bin)?;
+    env.start_agent(bin, &[])?;
     let pid = env.agent()?.pid();
     let mut ours: BTreeMap<(Ipv4Addr, u8), Option<Ipv4Addr>> = BTreeMap::new();
     let mut last = spawned;
@@ -869,7 +962,7 @@ fn measure(o: &Options, bin: &Path, env: &mut Env) -> Result<Outcome> {
         }
     }
     let all_routes = last.duration_since(spawned);
-    let (first, read_after) = metrics_after(&ns, 0.0)?;
+    let (first, read_after) = metrics_after(&ns, ROUTES, 0.0)?;
     let (hwm_cold_kib, _) = memory(pid)?;
     let log = env.log();
     let since = epoch(spawned_wall);
@@ -917,7 +1010,7 @@ fn measure(o: &Options, bin: &Path, env: &mut Env) -> Result<Outcome> {
         sync: Vec::new(),
         other_syncs: 0,
     };
-    let mut syncs = metrics(&ns)?.syncs;
+    let mut syncs = metrics(&ns, ROUTES)?.syncs;
     for k in 0..o.changes {
         let name = format!("bench-change-{k:03}");
         let dst = change_cidr(k);
@@ -982,7 +1075,7 @@ fn measure(o: &Options, bin: &Path, env: &mut Env) -> Result<Outcome> {
                 Step::Move => ch.change.push(took),
                 Step::Delete => ch.delete.push(took),
             }
-            let (r, _) = metrics_after(&ns, syncs)?;
+            let (r, _) = metrics_after(&ns, ROUTES, syncs)?;
             if r.syncs == syncs + 1.0 {
                 ch.sync.push(Duration::from_secs_f64(r.duration));
             } else {
@@ -1004,13 +1097,13 @@ fn measure(o: &Options, bin: &Path, env: &mut Env) -> Result<Outcome> {
         comm.trim() == "node-sync",
         "process {pid} is {comm:?}, not node-sync"
     );
-    let last = metrics(&ns)?;
+    let last = metrics(&ns, ROUTES)?;
     ensure!(
         last.errors == 0.0,
         "node-sync counted {} routes errors",
         last.errors
     );
-    env.agent()?.stop()?;
+    env.agent()?.stop(Duration::from_secs(5))?;
     let log = env.log();
     ensure!(!log.contains("panicked"), "node-sync panicked:\n{log}");
     let warnings = log.lines().filter(|l| plain(l).contains(" WARN ")).count();
@@ -1186,6 +1279,7 @@ mod tests {
     fn metrics_text() {
         let r = parse_metrics(
             "# TYPE node_sync_sync_duration_seconds gauge\nnode_sync_sync_duration_seconds{reconciler=\"heartbeat\"} 0.5\nnode_sync_sync_duration_seconds{reconciler=\"routes\"} 0.125\nnode_sync_syncs_total{reconciler=\"routes\"} 2\nnode_sync_routes_programmed 1000\n",
+            ROUTES,
         );
         assert_eq!((r.syncs, r.duration, r.programmed), (2.0, 0.125, 1000.0));
     }
