@@ -12,7 +12,7 @@
 //!                       DNATed to a backend behind the interface it came in on: mark }
 //!   chain postrouting { type nat hook postrouting priority srcnat; marked: masquerade }
 //!   chain svc_<vip>_<proto>_<port> { from outside the cluster CIDR: mark;
-//!                       numgen inc mod N vmap { i : goto svc_..._ep<i> } }
+//!                       numgen inc mod N-i 0 goto svc_..._ep<i> (i < N-1); goto ..._ep<N-1> }
 //!                     # or, with no endpoint: reject (TCP reset / ICMP port unreachable)
 //!   chain svc_<vip>_<proto>_<port>_ep<i> { from the endpoint itself: mark; dnat to ep }
 //! }
@@ -179,15 +179,16 @@ fn service_chains(s: &mut String, (vip, proto, port): Key, eps: &[SocketAddr], o
         return;
     }
     let _ = writeln!(s, "\t\t{outside}meta mark set meta mark | {MASQ_MARK}");
-    let targets: Vec<String> = (0..eps.len())
-        .map(|i| format!("{i} : goto {chain}_ep{i}"))
-        .collect();
-    let _ = writeln!(
-        s,
-        "\t\tnumgen inc mod {} vmap {{ {} }}\n\t}}",
-        eps.len(),
-        targets.join(", ")
-    );
+    // Round robin without a set per service (binding thousands of
+    // anonymous verdict maps in one transaction costs the kernel minutes):
+    // each rule has its own counter, so rule i, seeing the connections the
+    // rules before it passed on, takes every (n-i)th of them, and the last
+    // endpoint takes the rest: 0, 1, ..., n-1, 0, 1, ...
+    let n = eps.len();
+    for i in 0..n - 1 {
+        let _ = writeln!(s, "\t\tnumgen inc mod {} 0 goto {chain}_ep{i}", n - i);
+    }
+    let _ = writeln!(s, "\t\tgoto {chain}_ep{}\n\t}}", n - 1);
     for (i, ep) in eps.iter().enumerate() {
         // A pod reaching itself through the VIP: masquerade, or its
         // reply would come from its own address, not the VIP's.
@@ -468,8 +469,8 @@ mod tests {
         );
         assert!(s.contains("elements = { 10.254.10.128 }"));
         assert!(s.contains(
-            "numgen inc mod 2 vmap { 0 : goto svc_10_254_10_128_tcp_80_ep0, \
-             1 : goto svc_10_254_10_128_tcp_80_ep1 }"
+            "\t\tnumgen inc mod 2 0 goto svc_10_254_10_128_tcp_80_ep0\n\
+             \t\tgoto svc_10_254_10_128_tcp_80_ep1\n"
         ));
         assert!(s.contains(
             "chain svc_10_254_10_128_tcp_80_ep0 {\n\t\tip saddr 10.244.1.2 meta mark set meta mark | 0x4000\n\
@@ -523,7 +524,8 @@ mod tests {
         );
         assert!(!s.contains("fd00"));
         assert!(!s.contains("10.244.1.6"));
-        assert!(s.contains("numgen inc mod 1 vmap { 0 : goto svc_10_254_0_1_tcp_443_ep0 }"));
+        assert!(s.contains("\t\tgoto svc_10_254_0_1_tcp_443_ep0\n"));
+        assert!(!s.contains("numgen"));
     }
 
     #[test]
@@ -562,6 +564,31 @@ mod tests {
                 ),
                 sp("10.254.10.129", 53, Proto::Udp, &[]),
             ]
+        );
+    }
+
+    #[test]
+    fn parses_the_chained_round_robin() {
+        let doc: Value = serde_json::from_str(
+            r#"{"nftables": [
+            {"map": {"family": "ip", "name": "services", "table": "node-sync",
+              "elem": [[{"concat": ["10.254.10.128", "tcp", 80]}, {"goto": {"target": "a"}}]]}},
+            {"rule": {"chain": "a", "expr": [{"match": {"op": "==", "left": {"numgen": {"mode": "inc", "mod": 2, "offset": 0}}, "right": 0}},
+              {"goto": {"target": "a0"}}]}},
+            {"rule": {"chain": "a", "expr": [{"goto": {"target": "a1"}}]}},
+            {"rule": {"chain": "a0", "expr": [{"dnat": {"addr": "10.244.1.2", "port": 8080}}]}},
+            {"rule": {"chain": "a1", "expr": [{"dnat": {"addr": "10.244.2.2", "port": 8080}}]}}
+            ]}"#,
+        )
+        .expect("json");
+        assert_eq!(
+            parse(&doc),
+            vec![sp(
+                "10.254.10.128",
+                80,
+                Proto::Tcp,
+                &["10.244.1.2:8080", "10.244.2.2:8080"]
+            )]
         );
     }
 }
