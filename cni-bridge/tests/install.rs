@@ -56,6 +56,20 @@ fn cni(
     text
 }
 
+/// `make -s` in the repository with an operator's environment, not the
+/// test's: cargo's variables for the test process would make the build
+/// inside `make install` differ from the suite's and compile again.
+fn operator(root: &Path) -> Command {
+    let mut c = Command::new("make");
+    c.current_dir(root).arg("-s").env_clear();
+    for k in ["PATH", "HOME", "RUSTUP_HOME", "CARGO_HOME"] {
+        if let Some(v) = std::env::var_os(k) {
+            c.env(k, v);
+        }
+    }
+    c
+}
+
 fn files(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -83,9 +97,7 @@ fn make_install_then_the_tutorial_add_by_hand() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let stage = tempfile::tempdir().expect("tmp");
     let dest = stage.path().display().to_string();
-    run(Command::new("make")
-        .current_dir(&root)
-        .arg("-s")
+    run(operator(&root)
         .arg("install")
         .arg(format!("DESTDIR={dest}")));
     assert_eq!(
@@ -138,9 +150,7 @@ fn make_install_then_the_tutorial_add_by_hand() {
     cni(&node, &bin, "bridge", "DEL", &pod, "eth0", &conf);
     cni(&node, &bin, "loopback", "DEL", &pod, "lo", lo);
 
-    run(Command::new("make")
-        .current_dir(&root)
-        .arg("-s")
+    run(operator(&root)
         .arg("uninstall")
         .arg(format!("DESTDIR={dest}")));
     assert!(files(stage.path()).is_empty(), "{:?}", files(stage.path()));
