@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use futures::{FutureExt, StreamExt};
+use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Node;
 use kube::Client;
 use kube::api::{Api, ListParams};
@@ -187,9 +187,11 @@ impl Agent {
         };
         let lp = ListParams::default();
         let c = &self.client;
-        let svcs = Api::<Service>::all(c.clone()).list(&lp).await?.items;
-        let slices = Api::<EndpointSlice>::all(c.clone()).list(&lp).await?.items;
-        let eps = Api::<Endpoints>::all(c.clone()).list(&lp).await?.items;
+        use services::objects::{EpsObj, SliceObj, SvcObj, compact};
+        let svcs: Vec<SvcObj> = compact(Api::<Service>::all(c.clone()).list(&lp).await?.items);
+        let slices: Vec<SliceObj> =
+            compact(Api::<EndpointSlice>::all(c.clone()).list(&lp).await?.items);
+        let eps: Vec<EpsObj> = compact(Api::<Endpoints>::all(c.clone()).list(&lp).await?.items);
         let (want, skipped) = services::model::desired(&svcs, &slices, &eps);
         for s in &skipped {
             tracing::warn!("services: {s}");
@@ -329,28 +331,33 @@ impl Agent {
         use k8s_openapi::api::core::v1::{Endpoints, Service};
         use k8s_openapi::api::discovery::v1::EndpointSlice;
         let c = &self.client;
-        let (svc_r, svc_w) = reflector::store::<Service>();
-        let (sl_r, sl_w) = reflector::store::<EndpointSlice>();
-        let (ep_r, ep_w) = reflector::store::<Endpoints>();
+        use services::objects::{self as obj, EpsObj, SliceObj, SvcObj};
+        let (svc_r, svc_w) = reflector::store::<SvcObj>();
+        let (sl_r, sl_w) = reflector::store::<SliceObj>();
+        let (ep_r, ep_w) = reflector::store::<EpsObj>();
         let cfg = watcher::Config::default;
+        // Only what the model reads is stored: see services::objects.
         let streams = vec![
             reflector(
                 svc_w,
-                watcher::watcher(Api::<Service>::all(c.clone()), cfg()),
+                watcher::watcher(Api::<Service>::all(c.clone()), cfg())
+                    .map_ok(obj::event::<Service, SvcObj>),
             )
             .default_backoff()
             .map(|e| (0usize, news(e)))
             .boxed(),
             reflector(
                 sl_w,
-                watcher::watcher(Api::<EndpointSlice>::all(c.clone()), cfg()),
+                watcher::watcher(Api::<EndpointSlice>::all(c.clone()), cfg())
+                    .map_ok(obj::event::<EndpointSlice, SliceObj>),
             )
             .default_backoff()
             .map(|e| (1usize, news(e)))
             .boxed(),
             reflector(
                 ep_w,
-                watcher::watcher(Api::<Endpoints>::all(c.clone()), cfg()),
+                watcher::watcher(Api::<Endpoints>::all(c.clone()), cfg())
+                    .map_ok(obj::event::<Endpoints, EpsObj>),
             )
             .default_backoff()
             .map(|e| (2usize, news(e)))
@@ -369,13 +376,10 @@ impl Agent {
                 },
                 _ = resync.tick() => {
                     // Repair what someone else changed: nftables by
-                    // reading the table back; IPVS by a sync, which
-                    // also compares the sets, chains and VIPs and
-                    // changes only what differs.
-                    last = match backend {
-                        Backend::Nftables { .. } => backend.programmed().await.ok().flatten(),
-                        Backend::Ipvs(_) => None,
-                    };
+                    // reading the table back if anything was committed
+                    // since; IPVS by a sync, which also compares the
+                    // sets, chains and VIPs and changes only what differs.
+                    last = backend.recheck(last.take()).await;
                     true
                 }
             };
@@ -386,9 +390,6 @@ impl Agent {
                 continue;
             }
             let (svcs, slices, eps) = (svc_r.state(), sl_r.state(), ep_r.state());
-            let svcs: Vec<Service> = svcs.iter().map(|s| (**s).clone()).collect();
-            let slices: Vec<EndpointSlice> = slices.iter().map(|s| (**s).clone()).collect();
-            let eps: Vec<Endpoints> = eps.iter().map(|s| (**s).clone()).collect();
             self.metrics.set(
                 "node_sync_objects_seen",
                 &[("kind", "Service")],
@@ -404,7 +405,12 @@ impl Agent {
                 &[("kind", "Endpoints")],
                 eps.len() as f64,
             );
-            let (want, skipped) = services::model::desired(&svcs, &slices, &eps);
+            let (want, skipped) = services::model::desired(
+                svcs.iter().map(AsRef::as_ref),
+                slices.iter().map(AsRef::as_ref),
+                eps.iter().map(AsRef::as_ref),
+            );
+            drop((svcs, slices, eps));
             for s in &skipped {
                 tracing::warn!("services: {s}");
             }

@@ -305,7 +305,8 @@ fn chains(listing: &str) -> Vec<String> {
 /// the same chains, no leftovers; and traffic follows.
 #[test]
 fn incremental_updates_match_a_rewrite() {
-    use node_sync::services::nft::render_changes;
+    use node_sync::services::nft::{read_in, render_changes};
+    use node_sync::services::nft_gen::generation;
     let env = Env::new("svcinc");
     let reference = Env::new("svcref");
     serve_name(&env.pods[0], "web-a");
@@ -314,6 +315,8 @@ fn incremental_updates_match_a_rewrite() {
     let both = ["10.244.1.2:8080", "10.244.1.3:8080"];
     let mut states: Vec<Vec<ServicePort>> = vec![
         vec![tutorial(&both), empty()],
+        // An endpoint replaced: its element only, the rule stays.
+        vec![tutorial(&["10.244.1.3:8080", "10.244.1.9:8080"]), empty()],
         vec![tutorial(&both[1..]), empty()],
         vec![tutorial(&both[1..]), empty(), udp()[0].clone()],
         vec![tutorial(&both), udp()[1].clone()],
@@ -328,9 +331,17 @@ fn incremental_updates_match_a_rewrite() {
     for pair in states.windows(2) {
         let (prev, next) = (&pair[0], &pair[1]);
         let script = render_changes(prev, next, cidr).expect("a change");
+        let before = env.node().run(generation).expect("generation");
         apply_in(Some(&env.node_path()), &script)
             .unwrap_or_else(|e| panic!("{e}\nscript:\n{script}"));
-        assert_eq!(&env.programmed(), next, "script:\n{script}");
+        // One transaction, which the resync's check sees.
+        assert_eq!(env.node().run(generation).expect("generation"), before + 1);
+        // Exactly node-sync's shape: nothing left over, nothing missing.
+        let read = read_in(Some(&env.node_path()))
+            .expect("read")
+            .expect("the table");
+        assert!(read.clean, "{}\nscript:\n{script}", env.listing());
+        assert_eq!(&read.ports, next, "script:\n{script}");
         reference.apply(next);
         assert_eq!(
             chains(&env.listing()),

@@ -6,6 +6,7 @@ use ipnetwork::IpNetwork;
 use super::ServicePort;
 use super::ipvs::{IpvsBackend, IpvsBackendError};
 use super::nft::{self, NftError};
+use super::nft_gen::generation;
 use crate::config::ProxyMode;
 
 #[derive(Debug, thiserror::Error)]
@@ -17,7 +18,12 @@ pub enum BackendError {
 }
 
 pub enum Backend {
-    Nftables { cluster_cidr: IpNetwork },
+    Nftables {
+        cluster_cidr: IpNetwork,
+        /// The ruleset generation at which the table was last known to
+        /// hold what node-sync last applied or read.
+        known: Option<u32>,
+    },
     Ipvs(Box<IpvsBackend>),
 }
 
@@ -37,10 +43,17 @@ impl Backend {
         };
         Ok(match mode {
             ProxyMode::None => None,
-            ProxyMode::Nftables => Some(Backend::Nftables { cluster_cidr }),
+            ProxyMode::Nftables => Some(Backend::nftables(cluster_cidr)),
             ProxyMode::Ipvs => Some(ipvs()?),
-            ProxyMode::Auto => Some(ipvs().unwrap_or(Backend::Nftables { cluster_cidr })),
+            ProxyMode::Auto => Some(ipvs().unwrap_or(Backend::nftables(cluster_cidr))),
         })
+    }
+
+    fn nftables(cluster_cidr: IpNetwork) -> Backend {
+        Backend::Nftables {
+            cluster_cidr,
+            known: None,
+        }
     }
 
     pub fn name(&self) -> &'static str {
@@ -52,10 +65,45 @@ impl Backend {
 
     /// What is programmed now, in the model's terms; `None` when nothing
     /// of ours is there (no table, no `kube-ipvs0`).
+    /// For nftables, also `None` when the table is not in the shape
+    /// node-sync writes, so the next apply rewrites it whole.
     pub async fn programmed(&mut self) -> Result<Option<Vec<ServicePort>>, BackendError> {
         match self {
-            Backend::Nftables { .. } => Ok(tokio::task::block_in_place(nft::programmed)?),
+            Backend::Nftables { known, .. } => {
+                // Read before the table: a change made while it is read
+                // shows at the next check.
+                let at = generation().ok();
+                let read = tokio::task::block_in_place(nft::programmed);
+                *known = match &read {
+                    Ok(Some(_)) => at,
+                    _ => None,
+                };
+                Ok(read?)
+            }
             Backend::Ipvs(b) => Ok(b.programmed().await?),
+        }
+    }
+
+    /// The periodic check for changes made by others: what is programmed
+    /// now, given `last`, what node-sync applied. nftables reads the table
+    /// back only when some transaction was committed since (the ruleset
+    /// generation moved); `None` for IPVS, whose every sync compares with
+    /// the kernel anyway.
+    pub async fn recheck(&mut self, last: Option<Vec<ServicePort>>) -> Option<Vec<ServicePort>> {
+        match self {
+            Backend::Nftables { known, .. } => {
+                if last.is_some() && known.is_some() && generation().ok() == *known {
+                    return last;
+                }
+                match self.programmed().await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!("services: reading the table back: {e}");
+                        None
+                    }
+                }
+            }
+            Backend::Ipvs(_) => None,
         }
     }
 
@@ -69,13 +117,23 @@ impl Backend {
         prev: Option<&[ServicePort]>,
     ) -> Result<(), BackendError> {
         match self {
-            Backend::Nftables { cluster_cidr } => {
+            Backend::Nftables {
+                cluster_cidr,
+                known,
+            } => {
                 let cidr = *cluster_cidr;
+                let script = match prev {
+                    Some(prev) => match nft::render_changes(prev, want, cidr) {
+                        Some(s) => Some(s),
+                        // Nothing differs: the table and `known` stand.
+                        None => return Ok(()),
+                    },
+                    None => None,
+                };
+                let before = generation().ok();
+                *known = None;
                 tokio::task::block_in_place(|| {
-                    if let Some(prev) = prev {
-                        let Some(script) = nft::render_changes(prev, want, cidr) else {
-                            return Ok(());
-                        };
+                    if let Some(script) = script {
                         match nft::apply(&script) {
                             Ok(()) => return Ok(()),
                             Err(e) => tracing::warn!(
@@ -83,8 +141,15 @@ impl Backend {
                             ),
                         }
                     }
-                    Ok(nft::apply(&nft::render(want, cidr))?)
-                })
+                    nft::apply(&nft::render(want, cidr))
+                })?;
+                // Ours was the only transaction since `before`: the table
+                // is what we wrote.
+                let after = generation().ok();
+                *known = before
+                    .zip(after)
+                    .and_then(|(b, a)| (a == b.wrapping_add(1)).then_some(a));
+                Ok(())
             }
             Backend::Ipvs(b) => {
                 let done = b.apply(want).await?;

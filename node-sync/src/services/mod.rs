@@ -6,6 +6,9 @@ pub mod backend;
 pub mod ipvs;
 pub mod model;
 pub mod nft;
+pub mod nft_gen;
+mod nft_read;
+pub mod objects;
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -23,4 +26,18 @@ pub struct ServicePort {
     pub port: u16,
     pub proto: Proto,
     pub endpoints: Vec<SocketAddr>,
+}
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::{Proto, ServicePort};
+
+    pub fn sp(vip: &str, port: u16, proto: Proto, eps: &[&str]) -> ServicePort {
+        ServicePort {
+            vip: vip.parse().expect("vip"),
+            port,
+            proto,
+            endpoints: eps.iter().map(|e| e.parse().expect("ep")).collect(),
+        }
+    }
 }

@@ -4,15 +4,11 @@
 //! it has no slice. A pure function; malformed objects are skipped with a
 //! line saying why, never a crash.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
 
-use k8s_openapi::api::core::v1::{Endpoints, Service};
-use k8s_openapi::api::discovery::v1::EndpointSlice;
-
+use super::objects::{EpPort, EpsObj, SliceObj, SvcObj};
 use super::{Proto, ServicePort};
-
-const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 fn proto(p: Option<&str>) -> Option<Proto> {
     match p.unwrap_or("TCP") {
@@ -22,99 +18,89 @@ fn proto(p: Option<&str>) -> Option<Proto> {
     }
 }
 
-/// (namespace, service) -> port name -> ready endpoints.
-type Backends = BTreeMap<(String, String), BTreeMap<String, BTreeSet<SocketAddr>>>;
+/// (namespace, service) -> port name -> ready endpoints. Borrowed from
+/// the stores: this runs on every change, over every object.
+type Backends<'a> = HashMap<(&'a str, &'a str), HashMap<&'a str, BTreeSet<SocketAddr>>>;
 
-fn from_slices(slices: &[EndpointSlice], skipped: &mut Vec<String>) -> Backends {
-    let mut out = Backends::new();
-    for s in slices {
-        let ns = s.metadata.namespace.clone().unwrap_or_default();
-        let Some(svc) = s
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get(SERVICE_NAME_LABEL))
-            .cloned()
-        else {
+/// `addresses` on each of `ports` into `entry`; a line per bad address.
+fn add<'a>(
+    entry: &mut HashMap<&'a str, BTreeSet<SocketAddr>>,
+    ports: &'a [EpPort],
+    addresses: &[String],
+    skipped: &mut Vec<String>,
+    what: impl Fn() -> String,
+) {
+    let ips: Vec<IpAddr> = addresses
+        .iter()
+        .filter_map(|a| match a.parse::<IpAddr>() {
+            Ok(ip) => Some(ip),
+            Err(_) => {
+                skipped.push(format!("{}: invalid address {a:?}", what()));
+                None
+            }
+        })
+        .collect();
+    for p in ports {
+        let Some(port) = p.port.and_then(|p| u16::try_from(p).ok()) else {
             continue;
         };
-        let entry = out.entry((ns.clone(), svc.clone())).or_default();
-        for p in s.ports.iter().flatten() {
-            let Some(port) = p.port.and_then(|p| u16::try_from(p).ok()) else {
-                continue;
-            };
-            let set = entry.entry(p.name.clone().unwrap_or_default()).or_default();
-            for e in &s.endpoints {
-                // kube-proxy: a missing "ready" means ready.
-                if e.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
-                    continue;
-                }
-                for a in &e.addresses {
-                    match a.parse::<IpAddr>() {
-                        Ok(ip) => {
-                            set.insert(SocketAddr::new(ip, port));
-                        }
-                        Err(_) => skipped.push(format!(
-                            "EndpointSlice {ns}/{}: invalid address {a:?}",
-                            s.metadata.name.as_deref().unwrap_or("")
-                        )),
-                    }
-                }
-            }
-        }
+        let set = entry.entry(p.name.as_str()).or_default();
+        set.extend(ips.iter().map(|ip| SocketAddr::new(*ip, port)));
+    }
+}
+
+fn from_slices<'a>(
+    slices: impl IntoIterator<Item = &'a SliceObj>,
+    skipped: &mut Vec<String>,
+) -> Backends<'a> {
+    let mut out = Backends::new();
+    for s in slices {
+        let Some(svc) = s.service.as_deref() else {
+            continue;
+        };
+        let entry = out.entry((s.meta.namespace.as_str(), svc)).or_default();
+        add(entry, &s.ports, &s.ready, skipped, || {
+            format!("EndpointSlice {}/{}", s.meta.namespace, s.meta.name)
+        });
     }
     out
 }
 
-fn from_endpoints(eps: &[Endpoints], skipped: &mut Vec<String>) -> Backends {
+fn from_endpoints<'a>(
+    eps: impl IntoIterator<Item = &'a EpsObj>,
+    skipped: &mut Vec<String>,
+) -> Backends<'a> {
     let mut out = Backends::new();
     for ep in eps {
-        let key = (
-            ep.metadata.namespace.clone().unwrap_or_default(),
-            ep.metadata.name.clone().unwrap_or_default(),
-        );
-        let entry = out.entry(key.clone()).or_default();
-        for sub in ep.subsets.iter().flatten() {
-            for p in sub.ports.iter().flatten() {
-                let Ok(port) = u16::try_from(p.port) else {
-                    continue;
-                };
-                let set = entry.entry(p.name.clone().unwrap_or_default()).or_default();
-                for a in sub.addresses.iter().flatten() {
-                    match a.ip.parse::<IpAddr>() {
-                        Ok(ip) => {
-                            set.insert(SocketAddr::new(ip, port));
-                        }
-                        Err(_) => skipped.push(format!(
-                            "Endpoints {}/{}: invalid address {:?}",
-                            key.0, key.1, a.ip
-                        )),
-                    }
-                }
-            }
+        let entry = out
+            .entry((ep.meta.namespace.as_str(), ep.meta.name.as_str()))
+            .or_default();
+        for sub in &ep.subsets {
+            add(entry, &sub.ports, &sub.addresses, skipped, || {
+                format!("Endpoints {}/{}", ep.meta.namespace, ep.meta.name)
+            });
         }
     }
     out
 }
 
 /// The service ports to program, sorted, and a line per thing skipped.
-pub fn desired(
-    services: &[Service],
-    slices: &[EndpointSlice],
-    endpoints: &[Endpoints],
+/// Takes references so that the watch stores are not copied per sync.
+pub fn desired<'a>(
+    services: impl IntoIterator<Item = &'a SvcObj>,
+    slices: impl IntoIterator<Item = &'a SliceObj>,
+    endpoints: impl IntoIterator<Item = &'a EpsObj>,
 ) -> (Vec<ServicePort>, Vec<String>) {
     let mut skipped = Vec::new();
     let by_slice = from_slices(slices, &mut skipped);
     let by_endpoints = from_endpoints(endpoints, &mut skipped);
     let mut out = Vec::new();
     for svc in services {
-        let ns = svc.metadata.namespace.clone().unwrap_or_default();
-        let name = svc.metadata.name.clone().unwrap_or_default();
-        let Some(spec) = &svc.spec else { continue };
-        if spec.type_.as_deref() == Some("ExternalName") {
+        let (ns, name) = (svc.meta.namespace.as_str(), svc.meta.name.as_str());
+        if !svc.has_spec || svc.external_name {
             continue;
         }
-        let vip = match spec.cluster_ip.as_deref() {
+        let vip = match svc.cluster_ip.as_deref() {
             None | Some("") => {
                 skipped.push(format!("Service {ns}/{name}: no clusterIP"));
                 continue;
@@ -128,10 +114,11 @@ pub fn desired(
                 }
             },
         };
-        let key = (ns.clone(), name.clone());
         // Slices when the Service has any; Endpoints otherwise.
-        let backends = by_slice.get(&key).or_else(|| by_endpoints.get(&key));
-        for p in spec.ports.iter().flatten() {
+        let backends = by_slice
+            .get(&(ns, name))
+            .or_else(|| by_endpoints.get(&(ns, name)));
+        for p in &svc.ports {
             let Some(proto) = proto(p.protocol.as_deref()) else {
                 skipped.push(format!(
                     "Service {ns}/{name} port {}: protocol {:?} is not supported",
@@ -144,9 +131,8 @@ pub fn desired(
                 skipped.push(format!("Service {ns}/{name}: invalid port {}", p.port));
                 continue;
             };
-            let pname = p.name.clone().unwrap_or_default();
             let endpoints: Vec<SocketAddr> = backends
-                .and_then(|b| b.get(&pname))
+                .and_then(|b| b.get(p.name.as_str()))
                 .into_iter()
                 .flatten()
                 .filter(|e| e.is_ipv4() == vip.is_ipv4())
@@ -168,10 +154,12 @@ pub fn desired(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use k8s_openapi::api::core::v1::{Endpoints, Service};
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
     use serde_json::json;
 
-    fn svc() -> Service {
-        testbed_like("service-web.yaml")
+    fn svc() -> SvcObj {
+        testbed_like::<Service>("service-web.yaml").into()
     }
 
     /// An object from testdata/ (the tutorial's YAML).
@@ -185,7 +173,7 @@ mod tests {
 
     #[test]
     fn the_tutorial_service_from_its_endpoints() {
-        let eps: Endpoints = testbed_like("endpoints-web.yaml");
+        let eps: EpsObj = testbed_like::<Endpoints>("endpoints-web.yaml").into();
         let (d, skipped) = desired(&[svc()], &[], &[eps]);
         assert!(skipped.is_empty(), "{skipped:?}");
         assert_eq!(d.len(), 1);
@@ -197,7 +185,7 @@ mod tests {
 
     #[test]
     fn slices_win_and_only_ready_endpoints_count() {
-        let slice: EndpointSlice = serde_json::from_value(json!({
+        let slice: SliceObj = serde_json::from_value::<EndpointSlice>(json!({
             "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
             "metadata": {"name": "web-service-abc", "namespace": "default",
                          "labels": {"kubernetes.io/service-name": "web-service"}},
@@ -209,8 +197,9 @@ mod tests {
                 {"addresses": ["10.244.1.9"]},
                 {"addresses": ["not-an-ip"]}]
         }))
-        .expect("slice");
-        let eps: Endpoints = testbed_like("endpoints-web.yaml");
+        .expect("slice")
+        .into();
+        let eps: EpsObj = testbed_like::<Endpoints>("endpoints-web.yaml").into();
         let (d, skipped) = desired(&[svc()], &[slice], &[eps]);
         let e: Vec<String> = d[0].endpoints.iter().map(|e| e.to_string()).collect();
         assert_eq!(e, vec!["10.244.1.7:8080", "10.244.1.9:8080"]);
@@ -219,11 +208,12 @@ mod tests {
 
     #[test]
     fn malformed_and_special_services_are_skipped() {
-        let mk = |name: &str, spec: serde_json::Value| -> Service {
-            serde_json::from_value(
+        let mk = |name: &str, spec: serde_json::Value| -> SvcObj {
+            serde_json::from_value::<Service>(
                 json!({"metadata": {"name": name, "namespace": "default"}, "spec": spec}),
             )
             .expect("svc")
+            .into()
         };
         let services = [
             mk("no-ip", json!({"ports": [{"port": 80}]})),

@@ -1,5 +1,6 @@
 //! The nftables backend for ClusterIP Services: one table, `ip node-sync`,
-//! owned by node-sync and rewritten whole in one `nft -f` transaction.
+//! owned by node-sync, written whole once and then changed incrementally,
+//! each time in one `nft -f` transaction.
 //!
 //! ```text
 //! table ip node-sync {
@@ -10,32 +11,43 @@
 //!   chain output      { type nat hook output priority -100; ...  vmap @services }
 //!   chain hairpin     { type filter hook prerouting priority dstnat + 10;
 //!                       DNATed to a backend behind the interface it came in on: mark }
-//!   chain postrouting { type nat hook postrouting priority srcnat; marked: masquerade }
-//!   chain svc_<vip>_<proto>_<port> { from outside the cluster CIDR: mark;
-//!                       numgen inc mod N-i 0 goto svc_..._ep<i> (i < N-1); goto ..._ep<N-1> }
+//!   chain postrouting { type nat hook postrouting priority srcnat;
+//!                       marked: masquerade; to a VIP from outside the cluster CIDR: masquerade }
+//!   chain svc_<vip>_<proto>_<port> {              # one rule per endpoint:
+//!       numgen inc mod N-i 0 dnat to <endpoint i>   # i < N-1
+//!       dnat to <endpoint N-1> }
 //!                     # or, with no endpoint: reject (TCP reset / ICMP port unreachable)
-//!   chain svc_<vip>_<proto>_<port>_ep<i> { from the endpoint itself: mark; dnat to ep }
 //! }
 //! ```
 //!
-//! The script starts with `add table; delete table`, so it replaces
-//! whatever is programmed atomically: stale services, VIPs and backends go
-//! with the old table, and established connections keep their conntrack
-//! NAT bindings across a rewrite (a restart adopts without a drop).
-//! The caller renders only from a complete list: after an API error or a
-//! partial list it keeps what is programmed (see [`programmed`]) rather
-//! than rendering the little it has. IPv4 only: IPv6 VIPs and endpoints
+//! Why this shape: each rule has its own `numgen` counter, so rule i,
+//! seeing the connections the rules before it passed on, takes every
+//! (N-i)th of them: connections to a service go 0, 1, ..., N-1, 0, ...
+//! One chain per service port and nothing per endpoint: every `nft -f`
+//! loads the table's chains, and every commit that adds a DNAT rule makes
+//! the kernel walk the whole table, so their number is what a change
+//! costs at 10,000 services. Sets and maps per service (anonymous or
+//! named) cost the kernel time quadratic in their number to create, and a
+//! shared map looked up from every service chain is walked once per chain
+//! that binds it.
+//!
+//! A whole write starts with `add table; delete table`, so it replaces
+//! whatever is programmed atomically; established connections keep their
+//! conntrack NAT bindings (a restart adopts without a drop). The caller
+//! renders only from a complete list: after an API error or a partial
+//! list it keeps what is programmed. IPv4 only: IPv6 VIPs and endpoints
 //! are skipped.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 
 use ipnetwork::IpNetwork;
-use serde_json::Value;
 
 use super::{Proto, ServicePort};
+
+pub use super::nft_read::{Programmed, programmed, programmed_in, read_in};
 
 pub const TABLE: &str = "ip node-sync";
 /// kube-proxy's masquerade bit, so the two agree on what a mark means.
@@ -49,20 +61,22 @@ pub enum NftError {
     Json(#[from] serde_json::Error),
 }
 
-fn proto_name(p: Proto) -> &'static str {
+pub(super) fn proto_name(p: Proto) -> &'static str {
     match p {
         Proto::Tcp => "tcp",
         Proto::Udp => "udp",
     }
 }
 
-fn svc_chain(vip: Ipv4Addr, proto: Proto, port: u16) -> String {
+pub(super) fn svc_chain(vip: Ipv4Addr, proto: Proto, port: u16) -> String {
     format!(
         "svc_{}_{}_{port}",
         vip.to_string().replace('.', "_"),
         proto_name(proto)
     )
 }
+
+pub(super) type Key = (Ipv4Addr, Proto, u16);
 
 /// The IPv4 service ports to program, one per (vip, proto, port), sorted,
 /// with their IPv4 endpoints in the given order.
@@ -87,7 +101,7 @@ fn v4_ports(services: &[ServicePort]) -> BTreeMap<Key, Vec<SocketAddr>> {
 /// CIDR masquerades every VIP's traffic (no IPv4 source is inside it).
 pub fn render(services: &[ServicePort], cluster_cidr: IpNetwork) -> String {
     let ports = v4_ports(services);
-    let mut s = String::new();
+    let mut s = String::with_capacity(ports.len() * 300 + 2048);
     // Creating before deleting makes the delete succeed on a fresh node;
     // both and the new table are one transaction.
     let _ = writeln!(
@@ -97,21 +111,12 @@ pub fn render(services: &[ServicePort], cluster_cidr: IpNetwork) -> String {
 
     let mut vips: Vec<Ipv4Addr> = ports.keys().map(|k| k.0).collect();
     vips.dedup();
-    let _ = writeln!(s, "\tset vips {{\n\t\ttype ipv4_addr");
-    if !vips.is_empty() {
-        let list: Vec<String> = vips.iter().map(Ipv4Addr::to_string).collect();
-        let _ = writeln!(s, "\t\telements = {{ {} }}", list.join(", "));
-    }
+    s.push_str("\tset vips {\n\t\ttype ipv4_addr\n");
+    elements(&mut s, vips.iter().map(|v| v.to_string()));
     s.push_str("\t}\n");
 
-    let _ = writeln!(
-        s,
-        "\tmap services {{\n\t\ttype ipv4_addr . inet_proto . inet_service : verdict"
-    );
-    if !ports.is_empty() {
-        let elems: Vec<String> = ports.keys().map(|&k| map_element(k)).collect();
-        let _ = writeln!(s, "\t\telements = {{ {} }}", elems.join(",\n\t\t\t"));
-    }
+    s.push_str("\tmap services {\n\t\ttype ipv4_addr . inet_proto . inet_service : verdict\n");
+    elements(&mut s, ports.keys().map(|&k| service_element(k)));
     s.push_str("\t}\n");
 
     // Pods' traffic arrives through prerouting; the node's own through output.
@@ -126,29 +131,48 @@ pub fn render(services: &[ServicePort], cluster_cidr: IpNetwork) -> String {
     );
     // After DNAT (priority dstnat + 10 sees the rewritten address): a
     // backend reached through the interface the packet came in on (a pod
-    // on the same bridge) would answer the client directly, bypassing our
-    // conntrack, unless bridged traffic is netfiltered. Masquerading makes
-    // it answer us instead, whatever br_netfilter says.
+    // on the same bridge, or the client itself) would answer the client
+    // directly, bypassing our conntrack, unless bridged traffic is
+    // netfiltered. Masquerading makes it answer us instead, whatever
+    // br_netfilter says.
     let _ = writeln!(
         s,
         "\tchain hairpin {{\n\t\ttype filter hook prerouting priority dstnat + 10; policy accept;\n\
          \t\tct status dnat ct direction original ct original ip daddr @vips fib daddr . iif oif exists meta mark set meta mark | {MASQ_MARK}\n\t}}"
     );
     // The bit is cleared before masquerading so a later hop (a tunnel,
-    // another table) does not act on it again.
+    // another table) does not act on it again. Nat chains see only a
+    // connection's first packet, whose source is still the client's.
     let _ = writeln!(
         s,
         "\tchain postrouting {{\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\
-         \t\tmeta mark & {MASQ_MARK} == 0 return\n\
-         \t\tmeta mark set meta mark ^ {MASQ_MARK} masquerade fully-random\n\t}}"
+         \t\tmeta mark & {MASQ_MARK} == {MASQ_MARK} meta mark set meta mark ^ {MASQ_MARK} masquerade fully-random\n\
+         \t\tct status dnat ct original ip daddr @vips {}masquerade fully-random\n\t}}",
+        outside(cluster_cidr)
     );
 
-    let outside = outside(cluster_cidr);
     for (&key, eps) in &ports {
-        service_chains(&mut s, key, eps, &outside);
+        service_chain(&mut s, key, eps);
     }
     s.push_str("}\n");
     s
+}
+
+/// An `elements = { ... }` line, or nothing for none (nft rejects `{ }`).
+fn elements(s: &mut String, items: impl Iterator<Item = String>) {
+    let mut first = true;
+    for it in items {
+        s.push_str(if first {
+            "\t\telements = { "
+        } else {
+            ",\n\t\t\t"
+        });
+        s.push_str(&it);
+        first = false;
+    }
+    if !first {
+        s.push_str(" }\n");
+    }
 }
 
 /// The match for traffic from outside the pod network (empty for an IPv6
@@ -161,137 +185,107 @@ fn outside(cluster_cidr: IpNetwork) -> String {
     }
 }
 
-type Key = (Ipv4Addr, Proto, u16);
-
-/// A service port's chains, in the table block's syntax: the service
-/// chain (round robin, or a reject without endpoints) and one chain per
-/// endpoint.
-fn service_chains(s: &mut String, (vip, proto, port): Key, eps: &[SocketAddr], outside: &str) {
+/// A service port's chain, in the table block's syntax: DNAT to each of
+/// its endpoints in turn, or a reject without endpoints.
+fn service_chain(s: &mut String, (vip, proto, port): Key, eps: &[SocketAddr]) {
     let chain = svc_chain(vip, proto, port);
     let _ = writeln!(s, "\tchain {chain} {{");
-    if eps.is_empty() {
-        // As kube-proxy: refuse at once rather than let clients time out.
-        let reject = match proto {
-            Proto::Tcp => "reject with tcp reset",
-            Proto::Udp => "reject with icmp type port-unreachable",
-        };
-        let _ = writeln!(s, "\t\t{reject}\n\t}}");
-        return;
+    for rule in chain_rules(proto, eps) {
+        let _ = writeln!(s, "\t\t{rule}");
     }
-    let _ = writeln!(s, "\t\t{outside}meta mark set meta mark | {MASQ_MARK}");
-    // Round robin without a set per service (binding thousands of
-    // anonymous verdict maps in one transaction costs the kernel minutes):
-    // each rule has its own counter, so rule i, seeing the connections the
-    // rules before it passed on, takes every (n-i)th of them, and the last
-    // endpoint takes the rest: 0, 1, ..., n-1, 0, 1, ...
-    let n = eps.len();
-    for i in 0..n - 1 {
-        let _ = writeln!(s, "\t\tnumgen inc mod {} 0 goto {chain}_ep{i}", n - i);
-    }
-    let _ = writeln!(s, "\t\tgoto {chain}_ep{}\n\t}}", n - 1);
-    for (i, ep) in eps.iter().enumerate() {
-        // A pod reaching itself through the VIP: masquerade, or its
-        // reply would come from its own address, not the VIP's.
-        let _ = writeln!(
-            s,
-            "\tchain {chain}_ep{i} {{\n\t\tip saddr {ip} meta mark set meta mark | {MASQ_MARK}\n\
-             \t\tmeta l4proto {p} dnat to {ep}\n\t}}",
-            ip = ep.ip(),
-            p = proto_name(proto),
-        );
-    }
+    s.push_str("\t}\n");
 }
 
-fn map_element((vip, proto, port): Key) -> String {
-    format!(
-        "{vip} . {} . {port} : goto {}",
-        proto_name(proto),
-        svc_chain(vip, proto, port)
-    )
+fn chain_rules(proto: Proto, eps: &[SocketAddr]) -> Vec<String> {
+    let p = proto_name(proto);
+    let n = eps.len();
+    if n == 0 {
+        // As kube-proxy: refuse at once rather than let clients time out.
+        return vec![
+            match proto {
+                Proto::Tcp => "reject with tcp reset",
+                Proto::Udp => "reject with icmp type port-unreachable",
+            }
+            .to_string(),
+        ];
+    }
+    eps.iter()
+        .enumerate()
+        .map(|(i, ep)| {
+            if i + 1 < n {
+                format!("numgen inc mod {} 0 meta l4proto {p} dnat to {ep}", n - i)
+            } else {
+                format!("meta l4proto {p} dnat to {ep}")
+            }
+        })
+        .collect()
+}
+
+fn service_key((vip, proto, port): Key) -> String {
+    format!("{vip} . {} . {port}", proto_name(proto))
+}
+
+fn service_element(k: Key) -> String {
+    format!("{} : goto {}", service_key(k), svc_chain(k.0, k.1, k.2))
 }
 
 /// One `nft -f` transaction that turns the table programming `prev` into
 /// one programming `want`, touching only the service ports that differ:
-/// an endpoint change rewrites that service's chains, nothing else. The
-/// caller falls back to [`render`] when it fails (the table is not what
-/// `prev` says). `None` when nothing differs.
+/// a changed service has its one chain refilled, nothing else. The caller
+/// falls back to [`render`] when it fails (the table is not what `prev`
+/// says). `None` when nothing differs.
 pub fn render_changes(
     prev: &[ServicePort],
     want: &[ServicePort],
-    cluster_cidr: IpNetwork,
+    _cluster_cidr: IpNetwork,
 ) -> Option<String> {
     let (p, w) = (v4_ports(prev), v4_ports(want));
     if p == w {
         return None;
     }
-    let vips = |m: &BTreeMap<Key, Vec<SocketAddr>>| -> std::collections::BTreeSet<Ipv4Addr> {
+    let t = TABLE;
+    let mut s = String::new();
+    let line = |s: &mut String, verb: &str, set: &str, items: &[String]| {
+        if !items.is_empty() {
+            let _ = writeln!(s, "{verb} element {t} {set} {{ {} }}", items.join(", "));
+        }
+    };
+    // Unmapped first, then the chains nothing references any more.
+    let gone: Vec<Key> = p.keys().filter(|k| !w.contains_key(k)).copied().collect();
+    let keys: Vec<String> = gone.iter().map(|&k| service_key(k)).collect();
+    line(&mut s, "delete", "services", &keys);
+    for &(vip, proto, port) in &gone {
+        let chain = svc_chain(vip, proto, port);
+        let _ = writeln!(s, "flush chain {t} {chain}\ndelete chain {t} {chain}");
+    }
+    let vips = |m: &BTreeMap<Key, Vec<SocketAddr>>| -> BTreeSet<Ipv4Addr> {
         m.keys().map(|k| k.0).collect()
     };
-    let mut s = String::new();
-    let t = TABLE;
-    // Gone: unmapped first, then the chains, which nothing references.
-    for (&key, eps) in p.iter().filter(|(k, _)| !w.contains_key(k)) {
-        let (vip, proto, port) = key;
-        let chain = svc_chain(vip, proto, port);
-        let _ = writeln!(
-            s,
-            "delete element {t} services {{ {vip} . {} . {port} }}",
-            proto_name(proto)
-        );
-        let _ = writeln!(s, "flush chain {t} {chain}");
-        for i in 0..eps.len() {
-            let _ = writeln!(s, "delete chain {t} {chain}_ep{i}");
-        }
-        let _ = writeln!(s, "delete chain {t} {chain}");
-    }
-    // Changed: emptied, surplus endpoint chains deleted, refilled below.
-    let mut fill: Vec<(Key, &Vec<SocketAddr>)> = Vec::new();
+    let (pv, wv) = (vips(&p), vips(&w));
+    let old_vips: Vec<String> = pv.difference(&wv).map(Ipv4Addr::to_string).collect();
+    line(&mut s, "delete", "vips", &old_vips);
+    // Changed and new chains, filled before the map elements that go to
+    // them. `add chain` is a no-op for one that exists.
+    let mut added = Vec::new();
     for (&key, eps) in &w {
         match p.get(&key) {
-            Some(old) if old == eps => {}
-            Some(old) => {
-                let chain = svc_chain(key.0, key.1, key.2);
-                let _ = writeln!(s, "flush chain {t} {chain}");
-                for i in 0..old.len() {
-                    let _ = writeln!(s, "flush chain {t} {chain}_ep{i}");
-                }
-                for i in eps.len()..old.len() {
-                    let _ = writeln!(s, "delete chain {t} {chain}_ep{i}");
-                }
-                fill.push((key, eps));
-            }
-            None => fill.push((key, eps)),
+            Some(old) if old == eps => continue,
+            Some(_) => {}
+            None => added.push(service_element(key)),
+        }
+        let chain = svc_chain(key.0, key.1, key.2);
+        let _ = writeln!(s, "add chain {t} {chain}\nflush chain {t} {chain}");
+        for rule in chain_rules(key.1, eps) {
+            let _ = writeln!(s, "add rule {t} {chain} {rule}");
         }
     }
-    let (pv, wv) = (vips(&p), vips(&w));
-    for vip in pv.difference(&wv) {
-        let _ = writeln!(s, "delete element {t} vips {{ {vip} }}");
-    }
-    if !fill.is_empty() {
-        let outside = outside(cluster_cidr);
-        let _ = writeln!(s, "table {t} {{");
-        for (key, eps) in &fill {
-            service_chains(&mut s, *key, eps, &outside);
-        }
-        s.push_str("}\n");
-    }
-    let added: Vec<String> = w
-        .keys()
-        .filter(|k| !p.contains_key(k))
-        .map(|&k| map_element(k))
-        .collect();
-    if !added.is_empty() {
-        let _ = writeln!(s, "add element {t} services {{ {} }}", added.join(", "));
-    }
+    line(&mut s, "add", "services", &added);
     let new_vips: Vec<String> = wv.difference(&pv).map(Ipv4Addr::to_string).collect();
-    if !new_vips.is_empty() {
-        let _ = writeln!(s, "add element {t} vips {{ {} }}", new_vips.join(", "));
-    }
+    line(&mut s, "add", "vips", &new_vips);
     Some(s)
 }
 
-/// `nft` itself, or `nsenter --net=<netns> nft` to program another netns.
-/// Applies `script` in this netns, all or nothing.
+/// Applies `script` in this netns with one `nft -f -`, all or nothing.
 pub fn apply(script: &str) -> Result<(), NftError> {
     apply_in(None, script)
 }
@@ -301,140 +295,10 @@ pub fn apply_in(netns: Option<&Path>, script: &str) -> Result<(), NftError> {
     Ok(netkit::nft::apply_in(netns, script)?)
 }
 
-/// What this netns's table programs; `None` without the table.
-pub fn programmed() -> Result<Option<Vec<ServicePort>>, NftError> {
-    table_in(None)
-}
-
-/// What the table in `netns` programs (empty without the table), read
-/// back from `nft -j`.
-pub fn programmed_in(netns: Option<&Path>) -> Result<Vec<ServicePort>, NftError> {
-    Ok(table_in(netns)?.unwrap_or_default())
-}
-
-/// What the table in `netns` programs, `None` without the table: for
-/// adopting it after a restart and for metrics.
-fn table_in(netns: Option<&Path>) -> Result<Option<Vec<ServicePort>>, NftError> {
-    let mut args = vec!["-j", "list", "table"];
-    args.extend(TABLE.split(' '));
-    match netkit::nft::list_in(netns, &args)? {
-        Some(out) => Ok(Some(parse(&serde_json::from_slice(&out)?))),
-        None => Ok(None),
-    }
-}
-
-/// The service ports in an `nft -j list table` document.
-fn parse(doc: &Value) -> Vec<ServicePort> {
-    let items = doc
-        .get("nftables")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    // chain -> its rules' expressions
-    let mut rules: BTreeMap<String, Vec<Value>> = BTreeMap::new();
-    let mut elems = Vec::new();
-    for it in &items {
-        if let Some(r) = it.get("rule") {
-            if let (Some(c), Some(e)) = (r.get("chain").and_then(Value::as_str), r.get("expr")) {
-                rules.entry(c.to_string()).or_default().push(e.clone());
-            }
-        } else if let Some(m) = it.get("map")
-            && m.get("name").and_then(Value::as_str) == Some("services")
-        {
-            elems = m
-                .get("elem")
-                .and_then(Value::as_array)
-                .cloned()
-                .unwrap_or_default();
-        }
-    }
-    let mut out: Vec<ServicePort> = elems.iter().filter_map(|e| element(e, &rules)).collect();
-    out.sort();
-    out
-}
-
-/// One `services` map element: `[{"concat": [vip, proto, port]}, {"goto": ...}]`.
-fn element(e: &Value, rules: &BTreeMap<String, Vec<Value>>) -> Option<ServicePort> {
-    let key = e.get(0)?.get("concat")?.as_array()?;
-    let vip: IpAddr = key.first()?.as_str()?.parse().ok()?;
-    let proto = match key.get(1)?.as_str()? {
-        "tcp" => Proto::Tcp,
-        "udp" => Proto::Udp,
-        _ => return None,
-    };
-    let port = u16::try_from(key.get(2)?.as_u64()?).ok()?;
-    let chain = target(e.get(1)?)?;
-    let mut endpoints = Vec::new();
-    dnats(chain, rules, 0, &mut endpoints);
-    Some(ServicePort {
-        vip,
-        port,
-        proto,
-        endpoints,
-    })
-}
-
-fn target(verdict: &Value) -> Option<&str> {
-    verdict
-        .get("goto")
-        .or_else(|| verdict.get("jump"))?
-        .get("target")?
-        .as_str()
-}
-
-/// The DNAT targets reachable from `chain`, in numgen order.
-fn dnats(chain: &str, rules: &BTreeMap<String, Vec<Value>>, depth: u8, out: &mut Vec<SocketAddr>) {
-    // Our layout is two levels deep; the bound guards against loops.
-    if depth > 4 {
-        return;
-    }
-    for rule in rules.get(chain).into_iter().flatten() {
-        for ex in rule.as_array().into_iter().flatten() {
-            if let Some(d) = ex.get("dnat") {
-                let ip = d
-                    .get("addr")
-                    .and_then(Value::as_str)
-                    .and_then(|a| a.parse().ok());
-                let port = d
-                    .get("port")
-                    .and_then(Value::as_u64)
-                    .and_then(|p| u16::try_from(p).ok());
-                if let (Some(ip), Some(port)) = (ip, port) {
-                    out.push(SocketAddr::new(ip, port));
-                }
-            } else if let Some(set) = ex
-                .get("vmap")
-                .and_then(|v| v.get("data"))
-                .and_then(|d| d.get("set"))
-                .and_then(Value::as_array)
-            {
-                let mut arms: Vec<(u64, &str)> = set
-                    .iter()
-                    .filter_map(|a| Some((a.get(0)?.as_u64()?, target(a.get(1)?)?)))
-                    .collect();
-                arms.sort();
-                for (_, t) in arms {
-                    dnats(t, rules, depth + 1, out);
-                }
-            } else if let Some(t) = target(ex) {
-                dnats(t, rules, depth + 1, out);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sp(vip: &str, port: u16, proto: Proto, eps: &[&str]) -> ServicePort {
-        ServicePort {
-            vip: vip.parse().expect("vip"),
-            port,
-            proto,
-            endpoints: eps.iter().map(|e| e.parse().expect("ep")).collect(),
-        }
-    }
+    use crate::services::test_support::sp;
 
     fn cidr() -> IpNetwork {
         "10.244.0.0/16".parse().expect("cidr")
@@ -469,24 +333,23 @@ mod tests {
         );
         assert!(s.contains("elements = { 10.254.10.128 }"));
         assert!(s.contains(
-            "\t\tnumgen inc mod 2 0 goto svc_10_254_10_128_tcp_80_ep0\n\
-             \t\tgoto svc_10_254_10_128_tcp_80_ep1\n"
+            "\tchain svc_10_254_10_128_tcp_80 {\n\
+             \t\tnumgen inc mod 2 0 meta l4proto tcp dnat to 10.244.1.2:8080\n\
+             \t\tmeta l4proto tcp dnat to 10.244.2.2:8080\n\t}"
         ));
-        assert!(s.contains(
-            "chain svc_10_254_10_128_tcp_80_ep0 {\n\t\tip saddr 10.244.1.2 meta mark set meta mark | 0x4000\n\
-             \t\tmeta l4proto tcp dnat to 10.244.1.2:8080\n"
-        ));
-        assert!(s.contains("meta l4proto tcp dnat to 10.244.2.2:8080"));
     }
 
     #[test]
     fn masquerades_from_outside_the_cluster_and_hairpins() {
         let s = render(&[tutorial()], "10.244.7.9/16".parse().expect("cidr"));
         // The network, not the host address given.
-        assert!(s.contains("ip saddr != 10.244.0.0/16 meta mark set meta mark | 0x4000\n"));
+        assert!(s.contains(
+            "ct status dnat ct original ip daddr @vips ip saddr != 10.244.0.0/16 masquerade fully-random\n"
+        ));
         assert!(s.contains("fib daddr . iif oif exists meta mark set meta mark | 0x4000"));
-        assert!(s.contains("meta mark & 0x4000 == 0 return"));
-        assert!(s.contains("meta mark set meta mark ^ 0x4000 masquerade fully-random"));
+        assert!(s.contains(
+            "meta mark & 0x4000 == 0x4000 meta mark set meta mark ^ 0x4000 masquerade fully-random"
+        ));
     }
 
     #[test]
@@ -524,7 +387,7 @@ mod tests {
         );
         assert!(!s.contains("fd00"));
         assert!(!s.contains("10.244.1.6"));
-        assert!(s.contains("\t\tgoto svc_10_254_0_1_tcp_443_ep0\n"));
+        assert!(s.contains("\t\tmeta l4proto tcp dnat to 10.244.1.5:6443\n\t}"));
         assert!(!s.contains("numgen"));
     }
 
@@ -536,59 +399,37 @@ mod tests {
     }
 
     #[test]
-    fn parses_what_nft_lists() {
-        // Trimmed from `nft -j list table ip node-sync` (nft 1.0.6).
-        let doc: Value = serde_json::from_str(
-            r#"{"nftables": [
-            {"map": {"family": "ip", "name": "services", "table": "node-sync",
-              "type": ["ipv4_addr", "inet_proto", "inet_service"], "map": "verdict",
-              "elem": [[{"concat": ["10.254.10.128", "tcp", 80]}, {"goto": {"target": "a"}}],
-                       [{"concat": ["10.254.10.129", "udp", 53]}, {"goto": {"target": "b"}}]]}},
-            {"rule": {"chain": "a", "expr": [{"vmap": {"key": {"numgen": {"mode": "inc", "mod": 2, "offset": 0}},
-              "data": {"set": [[1, {"goto": {"target": "a1"}}], [0, {"goto": {"target": "a0"}}]]}}}]}},
-            {"rule": {"chain": "a0", "expr": [{"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}},
-              {"dnat": {"addr": "10.244.1.2", "port": 8080}}]}},
-            {"rule": {"chain": "a1", "expr": [{"dnat": {"addr": "10.244.1.3", "port": 8080}}]}},
-            {"rule": {"chain": "b", "expr": [{"reject": {"type": "icmp", "expr": "port-unreachable"}}]}}
-            ]}"#,
-        )
-        .expect("json");
+    fn a_changed_service_is_its_chain_refilled() {
+        let mut next = tutorial();
+        next.endpoints[1] = "10.244.2.9:8080".parse().expect("ep");
+        let s =
+            render_changes(&[tutorial()], std::slice::from_ref(&next), cidr()).expect("a change");
         assert_eq!(
-            parse(&doc),
-            vec![
-                sp(
-                    "10.254.10.128",
-                    80,
-                    Proto::Tcp,
-                    &["10.244.1.2:8080", "10.244.1.3:8080"]
-                ),
-                sp("10.254.10.129", 53, Proto::Udp, &[]),
-            ]
+            s,
+            "add chain ip node-sync svc_10_254_10_128_tcp_80\n\
+             flush chain ip node-sync svc_10_254_10_128_tcp_80\n\
+             add rule ip node-sync svc_10_254_10_128_tcp_80 numgen inc mod 2 0 meta l4proto tcp dnat to 10.244.1.2:8080\n\
+             add rule ip node-sync svc_10_254_10_128_tcp_80 meta l4proto tcp dnat to 10.244.2.9:8080\n"
         );
+        assert_eq!(render_changes(&[tutorial()], &[tutorial()], cidr()), None);
     }
 
     #[test]
-    fn parses_the_chained_round_robin() {
-        let doc: Value = serde_json::from_str(
-            r#"{"nftables": [
-            {"map": {"family": "ip", "name": "services", "table": "node-sync",
-              "elem": [[{"concat": ["10.254.10.128", "tcp", 80]}, {"goto": {"target": "a"}}]]}},
-            {"rule": {"chain": "a", "expr": [{"match": {"op": "==", "left": {"numgen": {"mode": "inc", "mod": 2, "offset": 0}}, "right": 0}},
-              {"goto": {"target": "a0"}}]}},
-            {"rule": {"chain": "a", "expr": [{"goto": {"target": "a1"}}]}},
-            {"rule": {"chain": "a0", "expr": [{"dnat": {"addr": "10.244.1.2", "port": 8080}}]}},
-            {"rule": {"chain": "a1", "expr": [{"dnat": {"addr": "10.244.2.2", "port": 8080}}]}}
-            ]}"#,
-        )
-        .expect("json");
+    fn a_service_added_and_one_removed() {
+        let other = sp("10.254.0.10", 53, Proto::Udp, &[]);
+        let s =
+            render_changes(&[tutorial()], std::slice::from_ref(&other), cidr()).expect("a change");
         assert_eq!(
-            parse(&doc),
-            vec![sp(
-                "10.254.10.128",
-                80,
-                Proto::Tcp,
-                &["10.244.1.2:8080", "10.244.2.2:8080"]
-            )]
+            s,
+            "delete element ip node-sync services { 10.254.10.128 . tcp . 80 }\n\
+             flush chain ip node-sync svc_10_254_10_128_tcp_80\n\
+             delete chain ip node-sync svc_10_254_10_128_tcp_80\n\
+             delete element ip node-sync vips { 10.254.10.128 }\n\
+             add chain ip node-sync svc_10_254_0_10_udp_53\n\
+             flush chain ip node-sync svc_10_254_0_10_udp_53\n\
+             add rule ip node-sync svc_10_254_0_10_udp_53 reject with icmp type port-unreachable\n\
+             add element ip node-sync services { 10.254.0.10 . udp . 53 : goto svc_10_254_0_10_udp_53 }\n\
+             add element ip node-sync vips { 10.254.0.10 }\n"
         );
     }
 }

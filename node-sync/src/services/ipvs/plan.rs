@@ -183,15 +183,7 @@ pub fn programmed(obs: &Observed) -> Vec<ServicePort> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn sp(vip: &str, port: u16, proto: Proto, eps: &[&str]) -> ServicePort {
-        ServicePort {
-            vip: vip.parse().expect("vip"),
-            port,
-            proto,
-            endpoints: eps.iter().map(|e| e.parse().expect("ep")).collect(),
-        }
-    }
+    use crate::services::test_support::sp;
 
     fn tutorial() -> ServicePort {
         sp(
