@@ -70,7 +70,7 @@ clean() {
 }
 has_change() { # backend vip ip
   if [ "$1" = ipvs ]; then ipvsadm -Ln -t "$2:80" | grep -q "$3:8080"
-  else nft list chain ip node-sync "svc_$(echo "$2" | tr . _)_tcp_80_ep2" 2>/dev/null | grep -q "$3:8080"; fi
+  else nft list chain ip node-sync "svc_$(echo "$2" | tr . _)_tcp_80" 2>/dev/null | grep -q "$3:8080"; fi
 }
 for backend in nftables ipvs; do
   clean
@@ -104,7 +104,12 @@ subsets: [{addresses: [{ip: 10.244.$a.$((b+1))}, {ip: 10.244.$a.$((b+2))}, {ip: 
 YAML
     t2=$(now)
     $K apply /root/ep.yaml >/dev/null
-    until has_change $backend $vip $new; do sleep 0.01; done
+    until has_change $backend $vip $new; do
+      if [ "$(echo "$(now) $t2" | awk '{print ($1 - $2 > 60)}')" = 1 ]; then
+        echo "$backend: change $c not in the kernel after 60 s" >&2; tail -20 /root/ns.log >&2; exit 13
+      fi
+      sleep 0.01
+    done
     t3=$(now)
     changes="$changes $(echo "$t3 $t2" | awk '{printf "%.3f", $1-$2}')"
   done

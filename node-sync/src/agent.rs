@@ -196,7 +196,8 @@ impl Agent {
         for s in &skipped {
             tracing::warn!("services: {s}");
         }
-        let prev = backend.programmed().await?;
+        // nftables builds on the table it finds; IPVS syncs in full.
+        let prev = backend.recheck(None).await;
         backend.apply(&want, prev.as_deref()).await?;
         Ok(Some((want.len(), backend.name())))
     }
@@ -365,7 +366,9 @@ impl Agent {
         ];
         let mut events = futures::stream::select_all(streams);
         let mut complete = [false; 3];
-        let mut last = backend.programmed().await.ok().flatten();
+        // What a previous run left: adopted (nftables), or read in full by
+        // the first sync (IPVS).
+        let mut last = backend.recheck(None).await;
         let mut resync = tokio::time::interval(RESYNC_EVERY);
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -107,10 +107,10 @@ impl Backend {
         }
     }
 
-    /// Programs `want`. `prev`, what is known to be programmed, lets
-    /// nftables change only the services that differ (falling back to a
-    /// whole rewrite when the table is not what `prev` says); IPVS always
-    /// compares with the kernel itself.
+    /// Programs `want`. `prev`, what is known to be programmed, lets both
+    /// backends plan only what differs (nftables falls back to a whole
+    /// rewrite, IPVS to a sync read from the kernel, when the kernel is
+    /// not what `prev` says).
     pub async fn apply(
         &mut self,
         want: &[ServicePort],
@@ -152,7 +152,7 @@ impl Backend {
                 Ok(())
             }
             Backend::Ipvs(b) => {
-                let done = b.apply(want).await?;
+                let done = b.apply(want, prev).await?;
                 tracing::debug!(?done, "ipvs: applied");
                 Ok(())
             }

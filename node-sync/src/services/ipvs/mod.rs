@@ -5,13 +5,15 @@
 //! service port (scheduler `rr` unless configured) with masquerading real
 //! servers.
 //!
-//! A sync reads the kernel (IPVS over generic netlink, the link's
+//! A full sync reads the kernel (IPVS over generic netlink, the link's
 //! addresses over rtnetlink, `ipset save`, `iptables-save`), plans the
 //! difference ([`plan::plan`]) and applies only that: IPVS and addresses
 //! message by message, the sets in one `ipset restore`, the chains in at
 //! most one `iptables-restore --noflush`. Nothing is flushed, so a
 //! restart adopts what is there and live connections keep their
-//! real servers.
+//! real servers. Between full syncs (the start, the 30-s resync, any
+//! failure), a change is planned from what the last sync applied, so it
+//! costs what it changes rather than a read of every virtual server.
 
 pub mod genl;
 pub mod link;
@@ -119,10 +121,42 @@ impl IpvsBackend {
         Ok(index.map(|_| plan::programmed(&obs)))
     }
 
-    /// Makes the kernel program `want`, changing only what differs.
-    pub async fn apply(&mut self, want: &[ServicePort]) -> Result<Applied, IpvsBackendError> {
+    /// Makes the kernel program `want`, changing only what differs:
+    /// from `prev`, what the last sync applied, when given (falling back
+    /// to a full sync if that fails), else from what the kernel holds.
+    pub async fn apply(
+        &mut self,
+        want: &[ServicePort],
+        prev: Option<&[ServicePort]>,
+    ) -> Result<Applied, IpvsBackendError> {
+        if let Some(prev) = prev {
+            match self.apply_from(want, Some(prev)).await {
+                Ok(done) => return Ok(done),
+                Err(e) => tracing::warn!("ipvs: incremental sync failed ({e}); syncing in full"),
+            }
+        }
+        self.apply_from(want, None).await
+    }
+
+    async fn apply_from(
+        &mut self,
+        want: &[ServicePort],
+        prev: Option<&[ServicePort]>,
+    ) -> Result<Applied, IpvsBackendError> {
         sysctl_on(CONNTRACK)?;
-        let (index, mut addrs, obs) = self.observe().await?;
+        let (index, mut addrs, obs) = match prev {
+            Some(prev) => {
+                let index = link::find(&self.handle).await?;
+                let addrs = match index {
+                    Some(i) => link::addresses(&self.handle, i).await?,
+                    None => link::Addrs::new(),
+                };
+                let vips = addrs.keys().copied().collect();
+                (index, addrs, plan::assumed(prev, &self.scheduler, vips))
+            }
+            None => self.observe().await?,
+        };
+        let full = prev.is_none();
         let index = match index {
             Some(i) => i,
             None => link::ensure(&self.handle).await?,
@@ -136,10 +170,14 @@ impl IpvsBackend {
                 tool::run("ipset", &["restore"], Some(script))?;
                 done.ipset = true;
             }
-            let save = tool::run("iptables-save", &[], None)?;
-            if let Some(script) = rules::iptables_script(&save, cidr) {
-                tool::run("iptables-restore", &["--noflush"], Some(&script))?;
-                done.iptables = true;
+            // The fixed chains change only when someone else changed
+            // them: checked on full syncs.
+            if full {
+                let save = tool::run("iptables-save", &[], None)?;
+                if let Some(script) = rules::iptables_script(&save, cidr) {
+                    tool::run("iptables-restore", &["--noflush"], Some(&script))?;
+                    done.iptables = true;
+                }
             }
             Ok(())
         })?;

@@ -159,6 +159,28 @@ fn desired_with(want: &[ServicePort]) -> Desired {
     }
 }
 
+/// The kernel's side as the last sync left it: `prev` programmed with
+/// `scheduler`, the sets exactly its members, `vips` on `kube-ipvs0`.
+/// Lets a sync plan a change without reading every virtual server's real
+/// servers and the sets back; the periodic full sync repairs what others
+/// change.
+pub fn assumed(prev: &[ServicePort], scheduler: &str, vips: BTreeSet<IpAddr>) -> Observed {
+    Observed {
+        vips,
+        services: desired(prev)
+            .into_iter()
+            .map(|(k, eps)| {
+                (
+                    k,
+                    (scheduler.to_string(), eps.into_iter().map(real).collect()),
+                )
+            })
+            .collect(),
+        sets: sets(prev),
+        sets_exist: true,
+    }
+}
+
 /// What the kernel programs, in the model's terms (endpoints sorted).
 pub fn programmed(obs: &Observed) -> Vec<ServicePort> {
     let mut out: Vec<ServicePort> = obs
@@ -261,6 +283,31 @@ mod tests {
         assert_eq!(p.add_dests[0].1, rs("10.244.3.4:8080"));
         let ipset = p.ipset.expect("loop-back changes");
         assert!(ipset.contains("del KUBE-LOOP-BACK 10.244.1.2,tcp:8080,10.244.1.2"));
+    }
+
+    #[test]
+    fn a_change_planned_from_the_last_sync_is_the_change_alone() {
+        let before = tutorial();
+        let mut after = tutorial();
+        after.endpoints[1] = "10.244.2.9:8080".parse().expect("ep");
+        let vips = [before.vip].into_iter().collect();
+        let p = plan(&[after], "rr", &assumed(&[before], "rr", vips));
+        assert!(p.add_services.is_empty() && p.del_services.is_empty());
+        assert!(p.add_vips.is_empty() && p.del_vips.is_empty());
+        assert_eq!(p.del_dests.len(), 1);
+        assert_eq!(p.del_dests[0].1.addr.to_string(), "10.244.2.2");
+        assert_eq!(p.add_dests.len(), 1);
+        assert_eq!(p.add_dests[0].1.addr.to_string(), "10.244.2.9");
+        let script = p.ipset.expect("the loop-back set changes");
+        assert!(
+            script.contains("del KUBE-LOOP-BACK 10.244.2.2,tcp:8080,10.244.2.2"),
+            "{script}"
+        );
+        assert!(
+            script.contains("add KUBE-LOOP-BACK 10.244.2.9,tcp:8080,10.244.2.9"),
+            "{script}"
+        );
+        assert!(!script.contains("KUBE-CLUSTER-IP 10.254"), "{script}");
     }
 
     #[test]
