@@ -83,6 +83,15 @@ pub struct EpPort {
     pub port: Option<i32>,
 }
 
+impl EpPort {
+    fn new(name: Option<String>, port: Option<i32>) -> EpPort {
+        EpPort {
+            name: name.unwrap_or_default(),
+            port,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SliceObj {
     pub meta: Meta,
@@ -107,10 +116,7 @@ impl From<EndpointSlice> for SliceObj {
                 .ports
                 .into_iter()
                 .flatten()
-                .map(|p| EpPort {
-                    name: p.name.unwrap_or_default(),
-                    port: p.port,
-                })
+                .map(|p| EpPort::new(p.name, p.port))
                 .collect(),
             ready: s
                 .endpoints
@@ -149,10 +155,7 @@ impl From<Endpoints> for EpsObj {
                         .ports
                         .into_iter()
                         .flatten()
-                        .map(|p| EpPort {
-                            name: p.name.unwrap_or_default(),
-                            port: Some(p.port),
-                        })
+                        .map(|p| EpPort::new(p.name, Some(p.port)))
                         .collect(),
                 })
                 .collect(),
