@@ -185,6 +185,7 @@ impl Agent {
         else {
             return Ok(None);
         };
+        take_over(&backend).await;
         let lp = ListParams::default();
         let c = &self.client;
         use services::objects::{EpsObj, SliceObj, SvcObj, compact};
@@ -324,6 +325,7 @@ impl Agent {
             }
         };
         tracing::info!(mode = ?self.cfg.proxy_mode, backend = backend.name(), "services: backend chosen");
+        take_over(&backend).await;
         self.metrics.set(
             "node_sync_proxy_backend",
             &[("backend", backend.name())],
@@ -446,5 +448,18 @@ impl Agent {
             _ = self.services_loop() => {}
             _ = shutdown => tracing::info!("stopping; routes and the Node stay as programmed"),
         }
+    }
+}
+
+/// The other backend's leftovers removed, with a line saying so; a
+/// failure is logged, and Services are programmed all the same.
+async fn take_over(backend: &Backend) {
+    match backend.take_over().await {
+        Ok(true) => tracing::info!(
+            backend = backend.name(),
+            "services: removed what the other proxy mode had programmed"
+        ),
+        Ok(false) => {}
+        Err(e) => tracing::warn!("services: removing the other proxy mode's rules: {e}"),
     }
 }

@@ -4,7 +4,8 @@
 //! ipvsadm, ipset and iptables-save show the tutorial's state, connections
 //! round-robin from the node and from a pod, and the faults: an endpoint
 //! removed, a Service without endpoints, malformed objects, SIGKILL and
-//! restart, the Service deleted, the API server gone.
+//! restart, the Service deleted, a switch to nftables and back, the API
+//! server gone.
 
 use std::time::{Duration, Instant};
 
@@ -132,6 +133,23 @@ until_ok 100 gone || { cat /root/node-sync.log >&2; exit 14; }
 sleep 1
 echo "deleted: ipvs=$(ipvsadm -Ln | grep -c 10.254.10.128 || true) addr=$(ip -o addr show dev kube-ipvs0 | grep -c 10.254.10.128 || true) set=$(ipset list KUBE-CLUSTER-IP | grep -c 10.254.10.128 || true)"
 
+# Another proxy mode takes over: IPVS's state goes and the nftables table
+# serves; then auto (IPVS) takes it back and the table goes.
+kill $NS; wait $NS 2>/dev/null || true
+node-sync --kubeconfig $API/tbvm.kubeconfig --node-name tbvm --node-ip 10.0.2.15 \
+  --containerd-socket /run/none.sock --cni-conf-dir /run/none \
+  --proxy-mode nftables services --once >>/root/node-sync.log 2>&1 || { tail -20 /root/node-sync.log >&2; exit 16; }
+yn() { "$@" >/dev/null 2>&1 && echo yes || echo no; }
+echo "to-nftables: vs=$(ipvsadm -Ln | grep -c -E '^(TCP|UDP)' || true) link=$(yn ip link show kube-ipvs0) sets=$(ipset list -n | grep -c KUBE- || true) chains=$(iptables-save | grep -c KUBE- || true) table=$(yn nft list table ip node-sync)"
+# From a pod: without kube-ipvs0 this VM's node has no route to a VIP
+# (no default route), as a real node's default route would give it.
+echo "via-nftables: $(ip netns exec pod3 timeout 5 wget -q -O - http://10.254.10.202/ 2>&1 | tr '\n' ' ')"
+start_node_sync
+one_bad() { [ "$(ipvsadm -Ln -t 10.254.10.202:80 2>/dev/null | grep -c Masq)" = 1 ]; }
+until_ok 100 one_bad || { cat /root/node-sync.log >&2; exit 15; }
+echo "to-ipvs: table=$(yn nft list table ip node-sync) vs=$(ipvsadm -Ln | grep -c -E '^(TCP|UDP)' || true)"
+echo "via-ipvs: $(get http://10.254.10.202/ 2>&1 | tr '\n' ' ')"
+
 # The API server gone: what is programmed stays.
 kill $APIPID
 sleep 5
@@ -242,5 +260,14 @@ fn node_sync_programs_ipvs_in_the_vm() {
     assert_eq!(line(o, "restart:"), "same", "{out}");
     assert_eq!(line(o, "portals:"), "2", "{out}");
     assert_eq!(line(o, "deleted:"), "ipvs=0 addr=0 set=0", "{out}");
+    // Switching modes leaves one backend, not two.
+    assert_eq!(
+        line(o, "to-nftables:"),
+        "vs=0 link=no sets=0 chains=0 table=yes",
+        "{out}"
+    );
+    assert_eq!(line(o, "via-nftables:"), "backend-2", "{out}");
+    assert_eq!(line(o, "to-ipvs:"), "table=no vs=2", "{out}");
+    assert_eq!(line(o, "via-ipvs:"), "backend-2", "{out}");
     assert_eq!(line(o, "api-down:"), "alive=yes empty=1", "{out}");
 }

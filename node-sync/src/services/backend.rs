@@ -56,6 +56,23 @@ impl Backend {
         }
     }
 
+    /// Removes what the other backend left (the proxy mode was switched,
+    /// or `auto` chose differently on a new kernel), so that two backends
+    /// never both DNAT the VIPs. `true` when something was removed.
+    pub async fn take_over(&self) -> Result<bool, BackendError> {
+        match self {
+            Backend::Nftables { .. } => {
+                let (conn, handle, _) =
+                    rtnetlink::new_connection().map_err(IpvsBackendError::from)?;
+                let conn = tokio::spawn(conn);
+                let removed = super::ipvs::remove(&handle).await;
+                conn.abort();
+                Ok(removed?)
+            }
+            Backend::Ipvs(_) => Ok(tokio::task::block_in_place(nft::remove)?),
+        }
+    }
+
     pub fn name(&self) -> &'static str {
         match self {
             Backend::Nftables { .. } => "nftables",

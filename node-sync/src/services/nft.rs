@@ -285,6 +285,18 @@ pub fn render_changes(
     Some(s)
 }
 
+/// Deletes the table (another proxy mode took over); `true` when it was
+/// there.
+pub fn remove() -> Result<bool, NftError> {
+    let mut args = vec!["list", "table"];
+    args.extend(TABLE.split(' '));
+    if netkit::nft::list_in(None, &args)?.is_none() {
+        return Ok(false);
+    }
+    apply(&format!("delete table {TABLE}\n"))?;
+    Ok(true)
+}
+
 /// Applies `script` in this netns with one `nft -f -`, all or nothing.
 pub fn apply(script: &str) -> Result<(), NftError> {
     apply_in(None, script)

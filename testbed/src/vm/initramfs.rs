@@ -55,6 +55,8 @@ pub(crate) const MODULES: &[&str] = &[
     "nft_masq",
     "nft_nat",
     "nft_reject_inet",
+    // node-sync's nftables Services: a Service without endpoints in an ip table.
+    "nft_reject_ipv4",
     // node-sync's nftables Services: round robin, hairpin lookup.
     "nft_numgen",
     "nft_fib_ipv4",

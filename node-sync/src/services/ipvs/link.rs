@@ -41,6 +41,15 @@ pub async fn find(h: &Handle) -> Result<Option<u32>, LinkError> {
     }
 }
 
+/// Deletes `kube-ipvs0` (and with it every VIP on it).
+pub async fn delete(h: &Handle, index: u32) -> Result<(), LinkError> {
+    h.link()
+        .del(index)
+        .execute()
+        .await
+        .map_err(nl(format!("deleting {DUMMY}")))
+}
+
 /// `kube-ipvs0`'s index, creating it when missing.
 pub async fn ensure(h: &Handle) -> Result<u32, LinkError> {
     if let Some(i) = find(h).await? {

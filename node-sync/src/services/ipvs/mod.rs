@@ -213,6 +213,45 @@ impl IpvsBackend {
     }
 }
 
+/// Removes what IPVS mode programmed, when another proxy mode takes over:
+/// our virtual servers (those whose VIP is on `kube-ipvs0`), the fixed
+/// chains and their jumps, the two sets, and `kube-ipvs0` itself. Without
+/// `kube-ipvs0` nothing here is ours and nothing is touched. `true` when
+/// something was removed.
+pub async fn remove(handle: &Handle) -> Result<bool, IpvsBackendError> {
+    let Some(index) = link::find(handle).await? else {
+        return Ok(false);
+    };
+    let vips: BTreeSet<_> = link::addresses(handle, index).await?.into_keys().collect();
+    tokio::task::block_in_place(|| -> Result<(), IpvsBackendError> {
+        // A kernel without IPVS has no virtual servers to remove.
+        if let Ok(mut ipvs) = Ipvs::open() {
+            for vs in ipvs.services()? {
+                if vips.contains(&vs.addr) {
+                    ipvs.del_service(&vs).or_else(gone)?;
+                }
+            }
+        }
+        // The chains name the sets: they go first.
+        let save = tool::run("iptables-save", &[], None)?;
+        if let Some(script) = rules::removal_script(&save) {
+            tool::run("iptables-restore", &["--noflush"], Some(&script))?;
+        }
+        let names = tool::run("ipset", &["list", "-n"], None)?;
+        let destroy: String = [rules::CLUSTER_IP_SET, rules::LOOP_BACK_SET]
+            .iter()
+            .filter(|s| names.lines().any(|l| l.trim() == **s))
+            .map(|s| format!("destroy {s}\n"))
+            .collect();
+        if !destroy.is_empty() {
+            tool::run("ipset", &["restore"], Some(&destroy))?;
+        }
+        Ok(())
+    })?;
+    link::delete(handle, index).await?;
+    Ok(true)
+}
+
 fn errno(e: &IpvsError) -> Option<i32> {
     match e {
         IpvsError::Kernel { source, .. } => source.raw_os_error(),

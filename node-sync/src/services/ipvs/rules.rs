@@ -124,6 +124,55 @@ pub fn iptables_script(save: &str, cluster_cidr: IpNetwork) -> Option<String> {
     }
 }
 
+/// The `iptables-restore --noflush` input that removes the fixed chains
+/// and the jumps into them (another proxy mode took over), or `None` when
+/// `save` shows none of them. Jumps and chains of the same names that are
+/// not exactly ours stay only if they are not ours to tell apart: the
+/// chains are kube-proxy's names, so this runs only where `kube-ipvs0`
+/// says IPVS mode was ours.
+pub fn removal_script(save: &str) -> Option<String> {
+    let mut out = String::new();
+    for (table, chains, jumps) in [
+        ("nat", NAT_CHAINS, NAT_JUMPS),
+        ("filter", FILTER_CHAINS, FILTER_JUMPS),
+    ] {
+        let have = table_rules(save, table);
+        let declared = declared_chains(save, table);
+        let present: Vec<&&str> = chains.iter().filter(|c| declared.contains(**c)).collect();
+        let gone: Vec<&&str> = jumps.iter().filter(|j| have.contains(j)).collect();
+        if present.is_empty() && gone.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "*{table}");
+        for j in gone {
+            let _ = writeln!(out, "-D{}", &j[2..]);
+        }
+        // Emptied first: KUBE-SERVICES jumps to KUBE-MARK-MASQ.
+        for c in &present {
+            let _ = writeln!(out, "-F {c}");
+        }
+        for c in &present {
+            let _ = writeln!(out, "-X {c}");
+        }
+        out.push_str("COMMIT\n");
+    }
+    (!out.is_empty()).then_some(out)
+}
+
+/// The user chains `table` declares in an `iptables-save` dump.
+fn declared_chains<'a>(save: &'a str, table: &str) -> BTreeSet<&'a str> {
+    let mut inside = false;
+    let mut out = BTreeSet::new();
+    for line in save.lines() {
+        if let Some(t) = line.strip_prefix('*') {
+            inside = t.trim() == table;
+        } else if inside && let Some(c) = line.strip_prefix(':') {
+            out.extend(c.split_whitespace().next());
+        }
+    }
+    out
+}
+
 /// The members each set should have, as `ipset save` prints them.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Sets {
@@ -261,5 +310,30 @@ mod tests {
         assert_eq!(ipset_script(&want, true, &want), None);
         // Missing sets are created even with nothing to add.
         assert!(ipset_script(&Sets::default(), false, &Sets::default()).is_some());
+    }
+
+    #[test]
+    fn removal_takes_our_chains_and_jumps_and_nothing_else() {
+        let cidr: IpNetwork = "10.244.0.0/16".parse().expect("cidr");
+        let mut save = String::from("*nat\n:PREROUTING ACCEPT [0:0]\n:OTHER - [0:0]\n");
+        for c in NAT_CHAINS {
+            save.push_str(&format!(":{c} - [0:0]\n"));
+        }
+        save.push_str("-A PREROUTING -j OTHER\n");
+        for j in NAT_JUMPS {
+            save.push_str(&format!("{j}\n"));
+        }
+        for r in nat_rules(cidr) {
+            save.push_str(&format!("{r}\n"));
+        }
+        save.push_str("COMMIT\n*filter\n:FORWARD ACCEPT [0:0]\nCOMMIT\n");
+        let script = removal_script(&save).expect("something to remove");
+        assert!(script.starts_with("*nat\n-D PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n"));
+        assert!(script.contains(
+            "-F KUBE-SERVICES\n-F KUBE-MARK-MASQ\n-F KUBE-POSTROUTING\n-X KUBE-SERVICES\n"
+        ));
+        assert!(!script.contains("OTHER"));
+        assert!(!script.contains("*filter"), "{script}");
+        assert_eq!(removal_script("*nat\n:OTHER - [0:0]\nCOMMIT\n"), None);
     }
 }
