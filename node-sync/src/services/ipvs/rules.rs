@@ -48,18 +48,25 @@ const FILTER_RULES: &[&str] = &[
 const FILTER_JUMPS: &[&str] =
     &["-A FORWARD -m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD"];
 
-/// The `-A` lines of `table` in an `iptables-save` dump.
-fn table_rules<'a>(save: &'a str, table: &str) -> Vec<&'a str> {
+/// The lines of `table` in an `iptables-save` dump.
+fn in_table<'a>(save: &'a str, table: &'a str) -> impl Iterator<Item = &'a str> {
     let mut inside = false;
-    let mut out = Vec::new();
-    for line in save.lines() {
-        if let Some(t) = line.strip_prefix('*') {
-            inside = t.trim() == table;
-        } else if inside && line.starts_with("-A ") {
-            out.push(line.trim_end());
-        }
-    }
-    out
+    save.lines()
+        .filter(move |line| match line.strip_prefix('*') {
+            Some(t) => {
+                inside = t.trim() == table;
+                false
+            }
+            None => inside,
+        })
+}
+
+/// The `-A` lines of `table` in an `iptables-save` dump.
+fn table_rules<'a>(save: &'a str, table: &'a str) -> Vec<&'a str> {
+    in_table(save, table)
+        .filter(|l| l.starts_with("-A "))
+        .map(str::trim_end)
+        .collect()
 }
 
 /// The rules of `chain` among `rules`, in order.
@@ -160,17 +167,10 @@ pub fn removal_script(save: &str) -> Option<String> {
 }
 
 /// The user chains `table` declares in an `iptables-save` dump.
-fn declared_chains<'a>(save: &'a str, table: &str) -> BTreeSet<&'a str> {
-    let mut inside = false;
-    let mut out = BTreeSet::new();
-    for line in save.lines() {
-        if let Some(t) = line.strip_prefix('*') {
-            inside = t.trim() == table;
-        } else if inside && let Some(c) = line.strip_prefix(':') {
-            out.extend(c.split_whitespace().next());
-        }
-    }
-    out
+fn declared_chains<'a>(save: &'a str, table: &'a str) -> BTreeSet<&'a str> {
+    in_table(save, table)
+        .filter_map(|l| l.strip_prefix(':')?.split_whitespace().next())
+        .collect()
 }
 
 /// The members each set should have, as `ipset save` prints them.
