@@ -55,6 +55,8 @@ EOF
 cat >>"$work/guest.sh" <<'EOF'
 set -e
 now() { cut -d' ' -f1 /proc/uptime; }
+since() { echo "$(now) $1" | awk '{printf "%.3f", $1 - $2}'; }   # seconds since $1
+over() { [ "$(since "$1" | awk -v l="$2" '{print ($1 > l)}')" = 1 ]; }   # more than $2 s since $1
 API=/root/api
 mkdir -p $API
 testbed apiserver --dir $API --port 6443 --node tbvm >/root/api.log 2>&1 &
@@ -82,14 +84,14 @@ for backend in nftables ipvs; do
   pid=$!
   until grep -q "services: $backend programmed services=$N" /root/ns.log; do
     kill -0 $pid || { cat /root/ns.log >&2; exit 11; }
-    if [ "$(echo "$(now) $t0" | awk '{print ($1 - $2 > 300)}')" = 1 ]; then
+    if over "$t0" 300; then
       echo "$backend: not programmed after 300 s" >&2; tail -20 /root/ns.log >&2; exit 12
     fi
     sleep 0.05
   done
   t1=$(now)
   took=$(grep "services: $backend programmed services=$N" /root/ns.log | head -1 | sed 's/.*took=\([^ ]*\).*/\1/')
-  echo "$backend cold: $(echo "$t1 $t0" | awk '{printf "%.2f", $1-$2}') s from start; apply took=$took"
+  echo "$backend cold: $(echo "$t1 $t0" | awk '{printf "%.2f", $1 - $2}') s from start; apply took=$took"
   changes=""
   for c in $(seq 1 $C); do
     j=$((c * 7 % N))
@@ -105,13 +107,12 @@ YAML
     t2=$(now)
     $K apply /root/ep.yaml >/dev/null
     until has_change $backend $vip $new; do
-      if [ "$(echo "$(now) $t2" | awk '{print ($1 - $2 > 60)}')" = 1 ]; then
+      if over "$t2" 60; then
         echo "$backend: change $c not in the kernel after 60 s" >&2; tail -20 /root/ns.log >&2; exit 13
       fi
       sleep 0.01
     done
-    t3=$(now)
-    changes="$changes $(echo "$t3 $t2" | awk '{printf "%.3f", $1-$2}')"
+    changes="$changes $(since "$t2")"
   done
   last=$(grep "services: $backend programmed" /root/ns.log | tail -1 | sed 's/.*took=\([^ ]*\).*/\1/')
   echo "$backend changes (API write to kernel, s):$changes; last apply took=$last"

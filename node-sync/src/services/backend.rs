@@ -82,45 +82,46 @@ impl Backend {
 
     /// What is programmed now, in the model's terms; `None` when nothing
     /// of ours is there (no table, no `kube-ipvs0`).
-    /// For nftables, also `None` when the table is not in the shape
-    /// node-sync writes, so the next apply rewrites it whole.
     pub async fn programmed(&mut self) -> Result<Option<Vec<ServicePort>>, BackendError> {
         match self {
-            Backend::Nftables { known, .. } => {
-                // Read before the table: a change made while it is read
-                // shows at the next check.
-                let at = generation().ok();
-                let read = tokio::task::block_in_place(nft::programmed);
-                *known = match &read {
-                    Ok(Some(_)) => at,
-                    _ => None,
-                };
-                Ok(read?)
+            Backend::Nftables { .. } => {
+                let read = tokio::task::block_in_place(|| nft::read_in(None))?;
+                Ok(read.map(|p| p.ports))
             }
             Backend::Ipvs(b) => Ok(b.programmed().await?),
         }
     }
 
-    /// The periodic check for changes made by others: what is programmed
-    /// now, given `last`, what node-sync applied. nftables reads the table
-    /// back only when some transaction was committed since (the ruleset
-    /// generation moved); `None` for IPVS, whose every sync compares with
-    /// the kernel anyway.
+    /// What the next apply may build on, given `last`, what node-sync
+    /// applied: the periodic check for changes made by others. nftables
+    /// reads the table back only when some transaction was committed
+    /// since (the ruleset generation moved), and builds only on a table in
+    /// exactly its own shape (`None`: the next apply rewrites it whole);
+    /// `None` for IPVS, whose next sync then reads the kernel in full.
     pub async fn recheck(&mut self, last: Option<Vec<ServicePort>>) -> Option<Vec<ServicePort>> {
-        match self {
-            Backend::Nftables { known, .. } => {
-                if last.is_some() && known.is_some() && generation().ok() == *known {
-                    return last;
-                }
-                match self.programmed().await {
-                    Ok(p) => p,
-                    Err(e) => {
-                        tracing::warn!("services: reading the table back: {e}");
-                        None
-                    }
-                }
+        let Backend::Nftables { known, .. } = self else {
+            return None;
+        };
+        let now = generation().ok();
+        if last.is_some() && known.is_some() && now == *known {
+            return last;
+        }
+        // `now` was read before the table: a change made while it is
+        // read shows at the next check.
+        match tokio::task::block_in_place(|| nft::read_in(None)) {
+            Ok(Some(p)) if p.clean => {
+                *known = now;
+                Some(p.ports)
             }
-            Backend::Ipvs(_) => None,
+            Ok(_) => {
+                *known = None;
+                None
+            }
+            Err(e) => {
+                *known = None;
+                tracing::warn!("services: reading the table back: {e}");
+                None
+            }
         }
     }
 

@@ -40,4 +40,14 @@ pub(crate) mod test_support {
             endpoints: eps.iter().map(|e| e.parse().expect("ep")).collect(),
         }
     }
+
+    /// The tutorial's web-service with web-002 and web-001.
+    pub fn tutorial() -> ServicePort {
+        sp(
+            "10.254.10.128",
+            80,
+            Proto::Tcp,
+            &["10.244.1.2:8080", "10.244.2.2:8080"],
+        )
+    }
 }

@@ -47,9 +47,11 @@ use ipnetwork::IpNetwork;
 
 use super::{Proto, ServicePort};
 
-pub use super::nft_read::{Programmed, programmed, programmed_in, read_in};
+pub use super::nft_read::{Programmed, programmed_in, read_in};
 
 pub const TABLE: &str = "ip node-sync";
+pub(super) const FAMILY: &str = "ip";
+pub(super) const NAME: &str = "node-sync";
 /// kube-proxy's masquerade bit, so the two agree on what a mark means.
 const MASQ_MARK: &str = "0x4000";
 
@@ -288,9 +290,14 @@ pub fn render_changes(
 /// Deletes the table (another proxy mode took over); `true` when it was
 /// there.
 pub fn remove() -> Result<bool, NftError> {
-    let mut args = vec!["list", "table"];
-    args.extend(TABLE.split(' '));
-    if netkit::nft::list_in(None, &args)?.is_none() {
+    // The table names only: listing the table itself would print every
+    // service's chain.
+    let tables = netkit::nft::list_in(None, &["list", "tables", FAMILY])?.unwrap_or_default();
+    let line = format!("table {TABLE}");
+    if !String::from_utf8_lossy(&tables)
+        .lines()
+        .any(|l| l.trim() == line)
+    {
         return Ok(false);
     }
     apply(&format!("delete table {TABLE}\n"))?;
@@ -310,19 +317,10 @@ pub fn apply_in(netns: Option<&Path>, script: &str) -> Result<(), NftError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::services::test_support::sp;
+    use crate::services::test_support::{sp, tutorial};
 
     fn cidr() -> IpNetwork {
         "10.244.0.0/16".parse().expect("cidr")
-    }
-
-    fn tutorial() -> ServicePort {
-        sp(
-            "10.254.10.128",
-            80,
-            Proto::Tcp,
-            &["10.244.1.2:8080", "10.244.2.2:8080"],
-        )
     }
 
     #[test]

@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::Value;
 
-use super::nft::{Key, NftError, TABLE, svc_chain};
+use super::nft::{FAMILY, Key, NAME, NftError, svc_chain};
 use super::{Proto, ServicePort};
 
 /// The chains every table has besides the service chains, with their
@@ -36,12 +36,6 @@ pub struct Programmed {
     pub clean: bool,
 }
 
-/// What this netns's table programs, when it is clean enough to build
-/// on; `None` without the table, or when it needs a rewrite.
-pub fn programmed() -> Result<Option<Vec<ServicePort>>, NftError> {
-    Ok(read_in(None)?.filter(|p| p.clean).map(|p| p.ports))
-}
-
 /// The service ports the table in `netns` programs (empty without it).
 pub fn programmed_in(netns: Option<&Path>) -> Result<Vec<ServicePort>, NftError> {
     Ok(read_in(netns)?.map(|p| p.ports).unwrap_or_default())
@@ -49,9 +43,7 @@ pub fn programmed_in(netns: Option<&Path>) -> Result<Vec<ServicePort>, NftError>
 
 /// The table in `netns` (None: this one), `None` when it does not exist.
 pub fn read_in(netns: Option<&Path>) -> Result<Option<Programmed>, NftError> {
-    let mut args = vec!["-j", "list", "table"];
-    args.extend(TABLE.split(' '));
-    match netkit::nft::list_in(netns, &args)? {
+    match netkit::nft::list_in(netns, &["-j", "list", "table", FAMILY, NAME])? {
         Some(out) => Ok(Some(parse(&serde_json::from_slice(&out)?))),
         None => Ok(None),
     }
@@ -242,7 +234,7 @@ pub(super) fn parse(doc: &Doc) -> Programmed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::services::test_support::sp;
+    use crate::services::test_support::{sp, tutorial};
 
     fn doc(text: &str) -> Doc {
         serde_json::from_str(text).expect("json")
@@ -284,15 +276,7 @@ mod tests {
     }
 
     fn expected() -> Vec<ServicePort> {
-        vec![
-            sp(
-                "10.254.10.128",
-                80,
-                Proto::Tcp,
-                &["10.244.1.2:8080", "10.244.2.2:8080"],
-            ),
-            sp("10.254.10.129", 53, Proto::Udp, &[]),
-        ]
+        vec![tutorial(), sp("10.254.10.129", 53, Proto::Udp, &[])]
     }
 
     #[test]

@@ -41,6 +41,16 @@ pub async fn find(h: &Handle) -> Result<Option<u32>, LinkError> {
     }
 }
 
+/// `kube-ipvs0`'s index and addresses (none without it).
+pub async fn state(h: &Handle) -> Result<(Option<u32>, Addrs), LinkError> {
+    let index = find(h).await?;
+    let addrs = match index {
+        Some(i) => addresses(h, i).await?,
+        None => Addrs::new(),
+    };
+    Ok((index, addrs))
+}
+
 /// Deletes `kube-ipvs0` (and with it every VIP on it).
 pub async fn delete(h: &Handle, index: u32) -> Result<(), LinkError> {
     h.link()

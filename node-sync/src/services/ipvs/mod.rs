@@ -87,11 +87,7 @@ impl IpvsBackend {
     /// The kernel's side: our VIPs, our virtual servers, the sets. With
     /// no `kube-ipvs0` nothing is ours.
     async fn observe(&mut self) -> Result<(Option<u32>, link::Addrs, Observed), IpvsBackendError> {
-        let index = link::find(&self.handle).await?;
-        let addrs = match index {
-            Some(i) => link::addresses(&self.handle, i).await?,
-            None => link::Addrs::new(),
-        };
+        let (index, addrs) = link::state(&self.handle).await?;
         let vips: BTreeSet<_> = addrs.keys().copied().collect();
         let mut obs = Observed {
             vips,
@@ -146,11 +142,7 @@ impl IpvsBackend {
         sysctl_on(CONNTRACK)?;
         let (index, mut addrs, obs) = match prev {
             Some(prev) => {
-                let index = link::find(&self.handle).await?;
-                let addrs = match index {
-                    Some(i) => link::addresses(&self.handle, i).await?,
-                    None => link::Addrs::new(),
-                };
+                let (index, addrs) = link::state(&self.handle).await?;
                 let vips = addrs.keys().copied().collect();
                 (index, addrs, plan::assumed(prev, &self.scheduler, vips))
             }
@@ -219,10 +211,10 @@ impl IpvsBackend {
 /// `kube-ipvs0` nothing here is ours and nothing is touched. `true` when
 /// something was removed.
 pub async fn remove(handle: &Handle) -> Result<bool, IpvsBackendError> {
-    let Some(index) = link::find(handle).await? else {
+    let (Some(index), addrs) = link::state(handle).await? else {
         return Ok(false);
     };
-    let vips: BTreeSet<_> = link::addresses(handle, index).await?.into_keys().collect();
+    let vips: BTreeSet<_> = addrs.into_keys().collect();
     tokio::task::block_in_place(|| -> Result<(), IpvsBackendError> {
         // A kernel without IPVS has no virtual servers to remove.
         if let Ok(mut ipvs) = Ipvs::open() {

@@ -205,16 +205,7 @@ pub fn programmed(obs: &Observed) -> Vec<ServicePort> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::services::test_support::sp;
-
-    fn tutorial() -> ServicePort {
-        sp(
-            "10.254.10.128",
-            80,
-            Proto::Tcp,
-            &["10.244.1.2:8080", "10.244.2.2:8080"],
-        )
-    }
+    use crate::services::test_support::{sp, tutorial};
 
     fn rs(s: &str) -> RealServer {
         real(s.parse().expect("ep"))
