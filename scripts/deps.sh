@@ -21,6 +21,8 @@ APT_PACKAGES=(
   busybox-static              # the test images' userland
   docker-registry             # an OCI registry on loopback for pod-runner's image pull test
   make                        # make demo/test/install (the scripts work without it)
+  etcd-server                 # etcd for the real control plane (KUBEBUILDER_ASSETS, ../shared/k8s)
+  xz-utils                    # ../shared/k8s/assets.sh unpacks the Kubernetes binaries
 )
 
 missing=()

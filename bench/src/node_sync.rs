@@ -58,6 +58,7 @@ use nix::sys::socket::{
     socket, sockopt,
 };
 use serde_json::{Value, json};
+use testbed::api::Apiserver;
 use testbed::apiserver::ApiServer;
 use testbed::cluster::{Cluster, INAJOB};
 use testbed::relay::Relay;

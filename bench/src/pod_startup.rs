@@ -30,6 +30,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use serde_json::{Value, json};
 use testbed::Netns;
+use testbed::api::Apiserver;
 use testbed::apiserver::ApiServer;
 use testbed::cluster::{Cluster, INAJOB};
 use testbed::containerd::Containerd;

@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod config;
 pub mod http;
+pub mod ident;
 pub mod machine;
 pub mod metrics;
 pub mod nodestatus;

@@ -160,6 +160,7 @@ async fn client(cfg: &Config) -> Result<Client> {
     };
     kc.connect_timeout = Some(std::time::Duration::from_secs(5));
     kc.read_timeout = Some(std::time::Duration::from_secs(30));
+    node_sync::ident::identify(&mut kc);
     Ok(Client::try_from(kc)?)
 }
 

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use kube::Client;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, Patch};
 use serde_json::{Value, json};
 
 use crate::config::Config;
@@ -219,7 +219,7 @@ impl Reporter {
             return Ok(n);
         }
         let node: Node = serde_json::from_value(object.clone()).map_err(kube::Error::SerdeError)?;
-        match self.nodes.create(&PostParams::default(), &node).await {
+        match self.nodes.create(&crate::ident::post(), &node).await {
             Ok(n) => Ok(n),
             // Another start of ours won the race.
             Err(kube::Error::Api(s)) if s.code == 409 => self.nodes.get(&self.name).await,
@@ -231,7 +231,7 @@ impl Reporter {
         self.nodes
             .patch_status(
                 &self.name,
-                &PatchParams::default(),
+                &crate::ident::patch(),
                 &Patch::Strategic(patch),
             )
             .await
@@ -247,7 +247,7 @@ impl Reporter {
                 self.leases
                     .patch(
                         &self.name,
-                        &PatchParams::default(),
+                        &crate::ident::patch(),
                         &Patch::Merge(json!({"spec": spec})),
                     )
                     .await?;
@@ -261,7 +261,7 @@ impl Reporter {
                 }
                 let lease: Lease =
                     serde_json::from_value(lease).map_err(kube::Error::SerdeError)?;
-                self.leases.create(&PostParams::default(), &lease).await?;
+                self.leases.create(&crate::ident::post(), &lease).await?;
             }
         }
         Ok(())

@@ -20,6 +20,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use serde_json::json;
 use testbed::Netns;
+use testbed::api::Apiserver;
 use testbed::apiserver::ApiServer;
 use testbed::cluster::Cluster;
 use testbed::containerd::Containerd;

@@ -13,6 +13,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use node_sync::services::nft;
 use serde_json::json;
+use testbed::api::Apiserver;
 use testbed::apiserver::ApiServer;
 use testbed::cluster::{Cluster, INAJOB};
 use testbed::relay::Relay;

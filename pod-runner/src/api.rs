@@ -46,6 +46,9 @@ where
     }
 }
 
+/// The field manager of pod-runner's writes.
+pub const FIELD_MANAGER: &str = "pod-runner";
+
 #[derive(Clone)]
 pub struct KubeApi {
     client: Client,
@@ -71,6 +74,16 @@ impl KubeApi {
         cfg.connect_timeout = Some(Duration::from_secs(5));
         cfg.read_timeout = Some(Duration::from_secs(15));
         cfg.write_timeout = Some(Duration::from_secs(15));
+        // Who we are, for the audit log and for `managedFields`.
+        let agent = format!(
+            "pod-runner/{} ({}/{})",
+            env!("CARGO_PKG_VERSION"),
+            std::env::consts::OS,
+            std::env::consts::ARCH
+        );
+        if let Ok(v) = http::HeaderValue::from_str(&agent) {
+            cfg.headers.push((http::header::USER_AGENT, v));
+        }
         let client = Client::try_from(cfg).map_err(ApiError::Kube)?;
         Ok(KubeApi { client })
     }
@@ -88,7 +101,10 @@ impl KubeApi {
     /// A strategic-merge patch of the status subresource.
     pub async fn patch_status(&self, ns: &str, name: &str, patch: &Value) -> Result<(), ApiError> {
         let pods = self.pods(ns);
-        let params = PatchParams::default();
+        let params = PatchParams {
+            field_manager: Some(FIELD_MANAGER.into()),
+            ..PatchParams::default()
+        };
         let patch = Patch::Strategic(patch);
         retry(|| pods.patch_status(name, &params, &patch))
             .await

@@ -24,6 +24,7 @@ use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
 use kube::api::{Api, PostParams};
 use serde_json::json;
 
+use crate::api::Apiserver;
 use crate::apiserver::ApiServer;
 use crate::cluster::Cluster;
 use crate::containerd::Containerd;

@@ -50,6 +50,26 @@ fn api(client: &kube::Client, ar: &ApiResource, namespaced: bool, ns: &str) -> A
     }
 }
 
+/// Runs `f` to completion on a thread of its own with its own runtime:
+/// callable from synchronous code and from inside another runtime alike.
+pub fn blocking<F>(f: F) -> F::Output
+where
+    F: std::future::Future + Send,
+    F::Output: Send,
+{
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map(|rt| rt.block_on(f))
+        })
+        .join()
+    })
+    .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    .unwrap_or_else(|e| panic!("a runtime for a blocking call: {e}"))
+}
+
 pub async fn client(kubeconfig: &Path) -> Result<kube::Client, KubectlError> {
     let kc = Kubeconfig::read_from(kubeconfig).map_err(|e| KubectlError::Config(e.to_string()))?;
     let cfg = kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())

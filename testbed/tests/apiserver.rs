@@ -12,6 +12,7 @@ use kube::api::{
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 use serde_json::json;
+use testbed::api::Apiserver;
 use testbed::apiserver::ApiServer;
 use testbed::testdata::{load, load_one};
 

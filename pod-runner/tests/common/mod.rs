@@ -13,6 +13,7 @@ use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use serde_json::json;
+use testbed::api::Apiserver;
 use testbed::apiserver::ApiServer;
 use testbed::cluster::{Cluster, INAJOB, Node};
 use testbed::containerd::Containerd as PrivateContainerd;

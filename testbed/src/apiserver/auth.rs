@@ -7,7 +7,7 @@
 use serde_json::Value;
 
 use super::ApiError;
-use super::pki::Identity;
+use crate::pki::Identity;
 use super::resources::Resource;
 
 pub struct Request<'a> {

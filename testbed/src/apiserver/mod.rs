@@ -7,7 +7,6 @@
 
 mod auth;
 mod meta;
-mod pki;
 mod resources;
 mod select;
 mod server;
@@ -16,13 +15,13 @@ mod store;
 mod table;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 
-pub use pki::Identity;
-use pki::Pki;
+pub use crate::pki::Identity;
+use crate::pki::Pki;
 pub use store::Store;
 
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +64,8 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("tls: {0}")]
     Tls(String),
+    #[error(transparent)]
+    Pki(#[from] crate::pki::PkiError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
 }
@@ -91,7 +92,7 @@ impl ApiError {
             ApiError::Gone(_) => (410, "Expired"),
             ApiError::MethodNotAllowed => (405, "MethodNotAllowed"),
             ApiError::UnsupportedMediaType => (415, "UnsupportedMediaType"),
-            ApiError::Tls(_) | ApiError::Io(_) => (500, "InternalError"),
+            ApiError::Tls(_) | ApiError::Pki(_) | ApiError::Io(_) => (500, "InternalError"),
         };
         let mut s = json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
                            "status": "Failure", "message": self.to_string(), "reason": reason, "code": code});
@@ -175,56 +176,27 @@ impl ApiServer {
         })
     }
 
-    pub fn url(&self) -> String {
-        format!("https://{}", self.addr)
-    }
-
-    pub fn port(&self) -> u16 {
-        self.addr.port()
-    }
-
     pub fn ca_pem(&self) -> &str {
         &self.pki.ca_pem
-    }
-
-    /// A kubeconfig for `user` in `groups`, with the certificate inline.
-    pub fn kubeconfig(&self, user: &str, groups: &[&str]) -> Result<String, ApiError> {
-        let (cert, key) = self.pki.client(user, groups)?;
-        let b64 = |s: &str| base64(s.as_bytes());
-        Ok(format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: testbed\n  cluster:\n    server: {url}\n    certificate-authority-data: {ca}\nusers:\n- name: {user}\n  user:\n    client-certificate-data: {cert}\n    client-key-data: {key}\ncontexts:\n- name: {user}@testbed\n  context:\n    cluster: testbed\n    user: {user}\ncurrent-context: {user}@testbed\n",
-            url = self.url(),
-            ca = b64(&self.pki.ca_pem),
-            cert = b64(&cert),
-            key = b64(&key),
-        ))
-    }
-
-    /// Writes the admin kubeconfig and one per node into `dir`:
-    /// `admin.kubeconfig` and `<node>.kubeconfig` (`system:node:<node>`).
-    pub fn write_kubeconfigs(&self, dir: &Path, nodes: &[&str]) -> Result<Vec<PathBuf>, ApiError> {
-        std::fs::create_dir_all(dir)?;
-        let mut out = Vec::new();
-        let admin = dir.join("admin.kubeconfig");
-        std::fs::write(
-            &admin,
-            self.kubeconfig("kubernetes-admin", &["system:masters"])?,
-        )?;
-        out.push(admin);
-        for n in nodes {
-            let p = dir.join(format!("{n}.kubeconfig"));
-            std::fs::write(
-                &p,
-                self.kubeconfig(&format!("system:node:{n}"), &["system:nodes"])?,
-            )?;
-            out.push(p);
-        }
-        Ok(out)
     }
 
     /// The store, for tests that look behind the API.
     pub fn store(&self) -> Arc<Mutex<Store>> {
         self.store.clone()
+    }
+}
+
+impl crate::api::Apiserver for ApiServer {
+    fn describe(&self) -> String {
+        "the API server stand-in".into()
+    }
+
+    fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    fn kubeconfig(&self, user: &str, groups: &[&str]) -> Result<String, crate::pki::PkiError> {
+        self.pki.kubeconfig(&self.url(), user, groups)
     }
 }
 
@@ -239,7 +211,3 @@ impl Drop for ApiServer {
     }
 }
 
-fn base64(bytes: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(bytes)
-}

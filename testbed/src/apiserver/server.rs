@@ -19,7 +19,7 @@ use tokio_rustls::TlsAcceptor;
 
 use super::ApiError;
 use super::auth::{self, authorize};
-use super::pki::{Identity, Pki};
+use crate::pki::{Identity, Pki};
 use super::resources::{self, Resource};
 use super::select::{FieldSelector, LabelSelector};
 use super::store::{self, PatchType, Store};

@@ -16,6 +16,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use nix::sys::signal::{SigSet, Signal};
+use testbed::api::Apiserver;
 use testbed::apiserver::ApiServer;
 
 #[derive(Parser)]
