@@ -10,6 +10,9 @@ if [[ $(id -u) -ne 0 ]]; then
   echo "run the tests as root" >&2
   exit 1
 fi
+# The real control plane of the end-to-end tests (envtest's convention).
+KUBEBUILDER_ASSETS=$(./scripts/k8s-assets.sh)
+export KUBEBUILDER_ASSETS
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # Static binaries for the test images (pause, web) and the shipped plugins.

@@ -163,6 +163,7 @@ impl ControlPlane {
     /// tests depend on.
     pub fn start(opts: &Options) -> Result<ControlPlane> {
         let t = Instant::now();
+        reap_stale_dirs();
         let assets = Assets::find()?;
         let dir = tempfile::Builder::new()
             .prefix(&format!("tb-{}-cp-", std::process::id()))
@@ -433,6 +434,31 @@ impl Apiserver for ControlPlane {
 
     fn kubeconfig(&self, user: &str, groups: &[&str]) -> std::result::Result<String, PkiError> {
         self.pki.kubeconfig(&self.url(), user, groups)
+    }
+}
+
+/// Removes the directories of control planes whose test process was
+/// killed (its processes died with it; its files stayed).
+fn reap_stale_dirs() {
+    for parent in [shm_or_tmp(), std::env::temp_dir()] {
+        let Ok(entries) = std::fs::read_dir(&parent) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some((pid, kind)) = name
+                .strip_prefix("tb-")
+                .and_then(|r| r.split_once('-'))
+                .and_then(|(pid, rest)| Some((pid.parse::<u32>().ok()?, rest)))
+            else {
+                continue;
+            };
+            if (kind.starts_with("etcd-") || kind.starts_with("cp-"))
+                && !Path::new(&format!("/proc/{pid}")).exists()
+            {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
     }
 }
 
