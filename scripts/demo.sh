@@ -2,10 +2,13 @@
 # The demo, the README's first command: the tutorial "k8s the heartful way"
 # replayed by our binaries on this machine. It installs what is missing,
 # builds (release, static: the binaries that ship), then `testbed demo`
-# starts the API server stand-in, the worker nodes inajob and yuanying as
-# network namespaces with a private containerd each, our CNI plugins,
-# node-sync on both nodes and `pod-runner create` for web-001 and web-002,
-# and shows each step of the story. Run as root.
+# starts the control plane (the real kube-apiserver, kube-controller-manager
+# and kube-scheduler when scripts/k8s-assets.sh finds them, else the API
+# server stand-in, and it says which), the worker nodes inajob and yuanying
+# as network namespaces with a private containerd each, our CNI plugins and
+# node-sync on both nodes; applies the tutorial's ReplicaSet and Service,
+# runs `pod-runner create` on each node for the pods bound to it, and shows
+# each step of the story. Run as root.
 #
 #   ./scripts/demo.sh          the whole story, then everything is taken down
 #   ./scripts/demo.sh --keep   the cluster stays up; prints how to reach it
@@ -32,6 +35,11 @@ case "${1:-}" in
 esac
 
 ./scripts/deps.sh
+# The real control plane when its binaries are here; else the demo says
+# it runs the stand-in.
+if assets=$(./scripts/k8s-assets.sh 2>/dev/null); then
+  export KUBEBUILDER_ASSETS=$assets
+fi
 echo "== building the binaries (release, static)" >&2
 bins=$(./scripts/build-plugins.sh -p pod-runner -p node-sync -p testbed)
 echo "== building the demo's orchestrator" >&2

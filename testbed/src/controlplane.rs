@@ -81,7 +81,9 @@ impl Assets {
                 let out = Command::new(&script)
                     .stdin(Stdio::null())
                     .output()
-                    .map_err(|e| ControlPlaneError::NoAssets(format!("{}: {e}", script.display())))?;
+                    .map_err(|e| {
+                        ControlPlaneError::NoAssets(format!("{}: {e}", script.display()))
+                    })?;
                 if !out.status.success() {
                     return Err(ControlPlaneError::NoAssets(
                         String::from_utf8_lossy(&out.stderr).trim().to_string(),
@@ -178,7 +180,8 @@ impl ControlPlane {
         let d = dir.path();
         let write = |name: &str, text: &str| -> Result<PathBuf> {
             let p = d.join(name);
-            std::fs::write(&p, text).map_err(|e| ControlPlaneError::Io(p.display().to_string(), e))?;
+            std::fs::write(&p, text)
+                .map_err(|e| ControlPlaneError::Io(p.display().to_string(), e))?;
             Ok(p)
         };
         let ca = write("ca.crt", &pki.ca_pem)?;
@@ -501,7 +504,11 @@ fn free_ports<const N: usize>() -> [u16; N] {
 fn exited(procs: &mut [Proc]) -> Result<()> {
     for p in procs {
         if p.exited() {
-            return Err(ControlPlaneError::Exited(p.name, p.log.clone(), tail(&p.log)));
+            return Err(ControlPlaneError::Exited(
+                p.name,
+                p.log.clone(),
+                tail(&p.log),
+            ));
         }
     }
     Ok(())

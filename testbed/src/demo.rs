@@ -1,15 +1,19 @@
 //! The demo: the tutorial's story replayed by our binaries on one machine.
-//! The API server stand-in, the two worker nodes inajob and yuanying as
-//! network namespaces on a LAN, a private containerd on each, our CNI
-//! plugins with the tutorial's bridge config, node-sync on each node;
-//! then the control plane's part played here (binding web-001 to
-//! yuanying and web-002 to inajob, writing the Endpoints), `pod-runner
-//! create` on each node, and the proofs: Nodes Ready, routes, pods Running,
-//! a request across nodes, the Service's rules and four requests to the
-//! ClusterIP that alternate between the two pods.
+//! The control plane is the real one when its binaries are here
+//! (`KUBEBUILDER_ASSETS`): etcd, kube-apiserver, kube-controller-manager
+//! and kube-scheduler, which do their parts themselves. Without them the
+//! API server stand-in runs, and the demo plays the scheduler and the
+//! endpoints controller, saying so. The two worker nodes inajob and
+//! yuanying are network namespaces on a LAN, each with a private
+//! containerd, our CNI plugins with the tutorial's bridge config and
+//! node-sync with the node's own identity. Then `pod-runner create` runs
+//! on each node for the pods bound to it, as the tutorial's worker does,
+//! and the proofs follow: Nodes Ready, routes, pods Running, a request
+//! across nodes, the EndpointSlice, the Service's rules and four requests
+//! to the ClusterIP that alternate between the two pods.
 //!
 //! Everything is owned by [`Demo`], whose fields drop in order (pods
-//! deleted, agents stopped, containerd stopped, the API server, the
+//! deleted, agents stopped, containerd stopped, the control plane, the
 //! namespaces, the directory), so a failed step, a panic or an interrupt
 //! still cleans up.
 
@@ -21,22 +25,40 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Endpoints, Node, Pod, Service};
-use kube::api::{Api, PostParams};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 
 use crate::api::Apiserver;
 use crate::apiserver::ApiServer;
 use crate::cluster::Cluster;
 use crate::containerd::Containerd;
+use crate::controlplane::{ControlPlane, Options as CpOptions};
 use crate::relay::Relay;
 
 pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
-/// The tutorial's nodes: name, node IP, podCIDR; and which pod each runs.
+/// The tutorial's nodes: name, node IP, podCIDR; and which pod each runs
+/// when the demo plays the scheduler.
 const NODES: [(&str, &str, &str, &str); 2] = [
     ("inajob", "192.168.43.111", "10.244.1.0/24", "web-002"),
     ("yuanying", "192.168.43.112", "10.244.2.0/24", "web-001"),
 ];
+
+/// Who plays kube-apiserver (and the controllers and the scheduler).
+enum Control {
+    Real(Box<ControlPlane>),
+    StandIn(ApiServer),
+}
+
+impl Control {
+    fn api(&self) -> &dyn Apiserver {
+        match self {
+            Control::Real(c) => c.as_ref(),
+            Control::StandIn(s) => s,
+        }
+    }
+}
 const VIP: &str = "10.254.10.128:80";
 
 #[derive(Debug, thiserror::Error)]
@@ -61,9 +83,19 @@ fn check_interrupt() -> Res<()> {
     }
 }
 
+/// Which control plane the demo runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plane {
+    /// The real one when its binaries are found, else the stand-in.
+    Auto,
+    Real,
+    StandIn,
+}
+
 pub struct Options {
     /// Where `pod-runner`, `node-sync`, `pause`, `web` and the CNI plugins are.
     pub bin_dir: PathBuf,
+    pub plane: Plane,
     /// `auto`, `nftables` or `ipvs`.
     pub proxy_mode: String,
 }
@@ -71,7 +103,7 @@ pub struct Options {
 /// Pods created on nodes: deleted with `pod-runner delete` when dropped.
 struct Pods<'a> {
     demo: &'a Demo,
-    made: Vec<(&'static str, &'static str)>,
+    made: Vec<(&'static str, String)>,
 }
 
 impl Drop for Pods<'_> {
@@ -79,7 +111,7 @@ impl Drop for Pods<'_> {
         for (node, pod) in self.made.drain(..).rev() {
             let _ = self
                 .demo
-                .pod_runner(node, &["delete", pod, "--grace-period", "0"]);
+                .pod_runner(node, &["delete", &pod, "--grace-period", "0"]);
         }
     }
 }
@@ -108,7 +140,9 @@ pub struct Demo {
     agents: Vec<Agent>,
     _relays: Vec<Relay>,
     ctrds: Vec<Containerd>,
-    _server: ApiServer,
+    control: Control,
+    /// The pods run on the nodes: (node, pod).
+    pods: Vec<(&'static str, String)>,
     cluster: Cluster,
     _states: Vec<tempfile::TempDir>,
     dir: tempfile::TempDir,
@@ -206,16 +240,64 @@ impl Demo {
             .enable_all()
             .build()
             .map_err(|e| fail(format!("a tokio runtime: {e}")))?;
-        let server = steps.run("the API server stand-in (kube-apiserver's role)", || {
-            let s = ApiServer::start(0, None).map_err(|e| fail(e.to_string()))?;
-            s.write_kubeconfigs(dir.path(), &["inajob", "yuanying"])
+        use crate::controlplane::{Assets, ControlPlaneError};
+        let assets = match o.plane {
+            Plane::StandIn => Err("--control-plane stand-in".to_string()),
+            Plane::Real => Ok(Assets::find().map_err(|e| fail(e.to_string()))?),
+            // Binaries named but broken are an error; none at all is the
+            // stand-in's case.
+            Plane::Auto => match Assets::find() {
+                Ok(a) => Ok(a),
+                Err(e @ ControlPlaneError::NoAssets(_)) => Err(e.to_string()),
+                Err(e) => return Err(fail(e.to_string())),
+            },
+        };
+        let control = match assets {
+            Ok(assets) => steps.run(
+                "the control plane: etcd, kube-apiserver, kube-controller-manager, kube-scheduler",
+                || {
+                    let cp = ControlPlane::start(&CpOptions {
+                        controllers: true,
+                        scheduler: true,
+                        ..CpOptions::default()
+                    })
+                    .map_err(|e| fail(e.to_string()))?;
+                    let version = cp
+                        .kubectl(&["version", "-o", "json"])
+                        .ok()
+                        .and_then(|v| serde_json::from_str::<serde_json::Value>(&v).ok())
+                        .and_then(|v| v["serverVersion"]["gitVersion"].as_str().map(String::from))
+                        .unwrap_or_else(|| "?".into());
+                    let d = format!(
+                        "Kubernetes {version} from {}, up in {:.1} s\n{}: TLS, client certificates, --authorization-mode=Node,RBAC, NodeRestriction, service CIDR 10.254.0.0/16",
+                        assets.dir.display(),
+                        cp.started_in.as_secs_f64(),
+                        cp.url()
+                    );
+                    Ok((Control::Real(Box::new(cp)), d))
+                },
+            )?,
+            Err(why) => {
+                steps.say(&format!(
+                    "  (the API server stand-in plays kube-apiserver, and the demo the scheduler and the endpoints controller: {why})"
+                ));
+                steps.run("the API server stand-in (kube-apiserver's role)", || {
+                    let s = ApiServer::start(0, None).map_err(|e| fail(e.to_string()))?;
+                    let d = format!("{}, client certificates", s.url());
+                    Ok((Control::StandIn(s), d))
+                })?
+            }
+        };
+        steps.run("an identity for the admin and for each node", || {
+            control
+                .api()
+                .write_kubeconfigs(dir.path(), &["inajob", "yuanying"])
                 .map_err(|e| fail(e.to_string()))?;
-            let url = s.url();
             Ok((
-                s,
+                (),
                 format!(
-                    "{url}, client certificates; kubeconfigs in {}",
-                    dir.path().display()
+                    "{d}/admin.kubeconfig (system:masters)\n{d}/inajob.kubeconfig (system:node:inajob)\n{d}/yuanying.kubeconfig (system:node:yuanying)",
+                    d = dir.path().display()
                 ),
             ))
         })?;
@@ -265,7 +347,8 @@ impl Demo {
                     .map_err(|e| fail(e.to_string()))?;
                 let ns = &cluster.node(name).ns;
                 ctrds.push(Containerd::start(state.path(), Some(ns), &bin));
-                relays.push(Relay::start(ns, server.port()).map_err(|e| fail(e.to_string()))?);
+                relays
+                    .push(Relay::start(ns, control.api().port()).map_err(|e| fail(e.to_string()))?);
                 states.push(state);
             }
             let d = ctrds
@@ -279,7 +362,8 @@ impl Demo {
             agents: Vec::new(),
             _relays: relays,
             ctrds,
-            _server: server,
+            control,
+            pods: Vec::new(),
             cluster,
             _states: states,
             dir,
@@ -379,10 +463,60 @@ impl Demo {
             .map_err(|e| fail(e.to_string()))
     }
 
+    /// The real kubectl as the admin, when the real control plane runs.
+    fn kubectl(&self, args: &[&str]) -> Res<String> {
+        match &self.control {
+            Control::Real(cp) => cp.kubectl(args).map_err(fail),
+            Control::StandIn(_) => Err(fail("no kubectl without the Kubernetes binaries")),
+        }
+    }
+
+    fn real(&self) -> bool {
+        matches!(self.control, Control::Real(_))
+    }
+
+    /// Polls `f` every 200 ms until it returns a value, for `secs` at most.
+    fn wait<T>(&self, what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> Res<T> {
+        let t = Instant::now();
+        loop {
+            check_interrupt()?;
+            if let Some(v) = f() {
+                return Ok(v);
+            }
+            if t.elapsed() > Duration::from_secs(secs) {
+                return Err(fail(format!("{what}: not within {secs} s")));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// The tutorial's story; `steps` prints it.
     pub fn story(&mut self, o: &Options, steps: &mut Steps) -> Res<()> {
         let admin = self.admin()?;
         steps.say("\n1. The nodes: node-sync registers each Node, reports its status and routes to the other's pods");
+        steps.run(
+            "node-sync's permissions: kubectl apply -f deploy/node-sync-rbac.yaml",
+            || {
+                let rbac = crate::testdata::dir().join("../deploy/node-sync-rbac.yaml");
+                let out = if self.real() {
+                    self.kubectl(&["apply", "-f", &rbac.to_string_lossy()])?
+                } else {
+                    let text = std::fs::read_to_string(&rbac)
+                        .map_err(|e| fail(format!("{}: {e}", rbac.display())))?;
+                    self.rt
+                        .block_on(crate::kubectl::apply(&admin, &text))
+                        .map_err(|e| fail(e.to_string()))?
+                        .join("\n")
+                };
+                Ok((
+                    (),
+                    format!(
+                        "{}\nlist/watch of nodes, services, endpoints, endpointslices for the group system:nodes",
+                        out.trim()
+                    ),
+                ))
+            },
+        )?;
         let agents = steps.run("node-sync running on inajob and yuanying", || {
             let mut agents = Vec::new();
             for (node, ip, cidr, _) in NODES {
@@ -390,6 +524,8 @@ impl Demo {
                     .map_err(|e| fail(e.to_string()))?;
                 let child = self
                     .node_sync_cmd(node, ip, cidr, &o.proxy_mode)
+                    // Each node its own hostname, as on real machines.
+                    .args(["--label", &format!("kubernetes.io/hostname={node}")])
                     .arg("run")
                     .stdin(Stdio::null())
                     .stdout(Stdio::null())
@@ -401,7 +537,7 @@ impl Demo {
             Ok((
                 agents,
                 format!(
-                    "--proxy-mode {}; logs in {}/<node>/node-sync.log",
+                    "--proxy-mode {}, each with its node's identity; logs in {}/<node>/node-sync.log",
                     o.proxy_mode,
                     self.dir.path().display()
                 ),
@@ -409,22 +545,32 @@ impl Demo {
         })?;
         self.agents = agents;
         let nodes: Api<Node> = Api::all(admin.clone());
-        steps.run("the Nodes are Ready", || {
-            let t = Instant::now();
-            loop {
-                check_interrupt()?;
-                let mut lines = Vec::new();
-                for (name, ..) in NODES {
-                    let n = self.rt.block_on(nodes.get_opt(name)).ok().flatten();
-                    let ready = n
-                        .as_ref()
-                        .and_then(|n| n.status.as_ref()?.conditions.as_ref())
-                        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
-                        .map(|c| c.status.clone());
-                    if ready.as_deref() == Some("True")
-                        && let Some(n) = n
-                    {
+        steps.run("the Nodes are Ready and schedulable", || {
+            let lines =
+                self.wait("the Nodes Ready", 60, || {
+                    let mut lines = Vec::new();
+                    for (name, ..) in NODES {
+                        let n = self.rt.block_on(nodes.get_opt(name)).ok().flatten()?;
                         let st = n.status.clone().unwrap_or_default();
+                        let ready = st
+                            .conditions
+                            .as_ref()
+                            .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+                            .map(|c| c.status.clone());
+                        if ready.as_deref() != Some("True") {
+                            return None;
+                        }
+                        // Schedulable too: the node lifecycle controller lifts
+                        // the not-ready taint a moment after Ready. (With the
+                        // stand-in, the demo is the scheduler.)
+                        let tainted =
+                            self.real()
+                                && n.spec.as_ref().and_then(|s| s.taints.as_ref()).is_some_and(
+                                    |t| t.iter().any(|t| t.key.starts_with("node.kubernetes.io/")),
+                                );
+                        if tainted {
+                            return None;
+                        }
                         let info = st.node_info.clone().unwrap_or_default();
                         let ip = st
                             .addresses
@@ -439,72 +585,127 @@ impl Demo {
                             info.kernel_version, info.container_runtime_version
                         ));
                     }
-                }
-                if lines.len() == NODES.len() {
-                    return Ok(((), lines.join("\n")));
-                }
-                if t.elapsed() > Duration::from_secs(60) {
-                    return Err(fail("the Nodes did not turn Ready within 60 s"));
-                }
-                std::thread::sleep(Duration::from_millis(200));
+                    Some(lines.join("\n"))
+                })?;
+            if self.real() {
+                return Ok(((), self.kubectl(&["get", "nodes", "-o", "wide"])?));
             }
+            Ok(((), lines))
         })?;
         steps.run(
             "the route table: each node reaches the other's podCIDR",
             || {
-                let t = Instant::now();
-                loop {
-                    check_interrupt()?;
-                    let mut out = String::new();
+                let mut out = String::new();
+                let ok = self.wait("the routes", 20, || {
+                    out.clear();
                     let mut all = true;
                     for (name, ..) in NODES {
                         let r = self.cluster.node(name).sh("ip route show proto 200");
                         all &= r.lines().count() == 1;
                         let _ = writeln!(out, "{name:<9} {}", r.trim());
                     }
-                    if all {
-                        return Ok(((), out));
-                    }
-                    if t.elapsed() > Duration::from_secs(20) {
-                        return Err(fail(format!("routes missing after 20 s:\n{out}")));
-                    }
-                    std::thread::sleep(Duration::from_millis(100));
-                }
+                    all.then_some(())
+                });
+                ok.map_err(|e| fail(format!("{e}:\n{out}")))?;
+                Ok(((), out))
             },
         )?;
 
-        steps.say("\n2. The pods: the scheduler's part played here, then pod-runner on each node");
         let pods: Api<Pod> = Api::namespaced(admin.clone(), "default");
-        steps.run("web-001 bound to yuanying, web-002 to inajob", || {
-            for (node, .., pod) in NODES {
-                let p: Pod = crate::testdata::load_one(&format!("pod-{pod}.yaml"));
-                self.rt
-                    .block_on(pods.create(&PostParams::default(), &p))
-                    .map_err(|e| fail(format!("creating {pod}: {e}")))?;
-                let binding = json!({"apiVersion": "v1", "kind": "Binding",
-                    "metadata": {"name": pod}, "target": {"kind": "Node", "name": node}});
-                self.rt
-                    .block_on(pods.create_subresource::<_, serde_json::Value>(
-                        "binding",
-                        pod,
-                        &PostParams::default(),
-                        &binding,
-                    ))
-                    .map_err(|e| fail(format!("binding {pod}: {e}")))?;
+        if self.real() {
+            steps.say("\n2. The pods: the ReplicaSet controller makes them, the scheduler binds them, pod-runner runs them on their nodes");
+            steps.run(
+                "kubectl apply -f replicaset-web.yaml -f service-web.yaml",
+                || {
+                    let d = crate::testdata::dir();
+                    let out = self.kubectl(&[
+                        "apply",
+                        "-f",
+                        &d.join("replicaset-web.yaml").to_string_lossy(),
+                        "-f",
+                        &d.join("service-web.yaml").to_string_lossy(),
+                    ])?;
+                    Ok(((), out.trim().to_string()))
+                },
+            )?;
+            steps.run(
+                "the ReplicaSet controller made two pods, the scheduler bound them",
+                || {
+                    let lp = ListParams::default().labels("app=web");
+                    let bound = self.wait("two bound pods of ReplicaSet web", 60, || {
+                        let list = self.rt.block_on(pods.list(&lp)).ok()?;
+                        let bound: Vec<String> = list
+                            .items
+                            .iter()
+                            .filter_map(|p| {
+                                Some(format!(
+                                    "{} -> {}",
+                                    p.metadata.name.as_deref()?,
+                                    p.spec.as_ref()?.node_name.as_deref()?
+                                ))
+                            })
+                            .collect();
+                        (bound.len() == 2).then_some(bound)
+                    })?;
+                    Ok(((), bound.join("\n")))
+                },
+            )?;
+        } else {
+            steps.say(
+                "\n2. The pods: the scheduler's part played here, then pod-runner on each node",
+            );
+            steps.run("web-001 bound to yuanying, web-002 to inajob", || {
+                for (node, .., pod) in NODES {
+                    let p: Pod = crate::testdata::load_one(&format!("pod-{pod}.yaml"));
+                    self.rt
+                        .block_on(pods.create(&PostParams::default(), &p))
+                        .map_err(|e| fail(format!("creating {pod}: {e}")))?;
+                    let binding = json!({"apiVersion": "v1", "kind": "Binding",
+                        "metadata": {"name": pod}, "target": {"kind": "Node", "name": node}});
+                    self.rt
+                        .block_on(pods.create_subresource::<_, serde_json::Value>(
+                            "binding",
+                            pod,
+                            &PostParams::default(),
+                            &binding,
+                        ))
+                        .map_err(|e| fail(format!("binding {pod}: {e}")))?;
+                }
+                Ok((
+                    (),
+                    "Pods from testdata/, Bindings through pods/<name>/binding".to_string(),
+                ))
+            })?;
+        }
+        // Each node asks, with its own identity, which pods are bound to it.
+        let bound = steps.run("each node lists the pods bound to it", || {
+            let mut bound = Vec::new();
+            let mut d = String::new();
+            for (node, ..) in NODES {
+                let client = self
+                    .rt
+                    .block_on(crate::kubectl::client(&self.kubeconfig(node)))
+                    .map_err(|e| fail(e.to_string()))?;
+                let mine: Api<Pod> = Api::namespaced(client, "default");
+                let lp = ListParams::default().fields(&format!("spec.nodeName={node}"));
+                let list = self
+                    .rt
+                    .block_on(mine.list(&lp))
+                    .map_err(|e| fail(format!("{node}: {e}")))?;
+                let names: Vec<String> = list
+                    .items
+                    .into_iter()
+                    .filter_map(|p| p.metadata.name)
+                    .collect();
+                let _ = writeln!(d, "{node:<9} {}", names.join(" "));
+                bound.extend(names.into_iter().map(|n| (node, n)));
             }
-            Ok((
-                (),
-                "Pods from testdata/, Bindings through pods/<name>/binding".to_string(),
-            ))
+            Ok((bound, d))
         })?;
-        let mut made = Pods {
-            demo: self,
-            made: Vec::new(),
-        };
-        for (node, .., pod) in NODES {
+        for (node, pod) in &bound {
             steps.run(&format!("pod-runner create {pod} on {node}"), || {
-                let out = made.demo.pod_runner(node, &["create", pod])?;
-                made.made.push((node, pod));
+                self.pods.push((node, pod.clone()));
+                let out = self.pod_runner(node, &["create", pod])?;
                 if !out.status.success() {
                     return Err(fail(text(&out)));
                 }
@@ -516,7 +717,7 @@ impl Demo {
         let ips = steps.run("the pods are Running, with their IPs", || {
             let mut ips = Vec::new();
             let mut d = String::new();
-            for (node, .., pod) in NODES {
+            for (node, pod) in &bound {
                 let p = self
                     .rt
                     .block_on(pods.get(pod))
@@ -528,79 +729,105 @@ impl Demo {
                     return Err(fail(format!("{pod}: phase {phase:?}, podIP {ip:?}")));
                 }
                 let _ = writeln!(d, "{pod}  Running  {ip:<11} on {node}");
-                ips.push((pod, ip));
+                ips.push((*node, pod.clone(), ip));
+            }
+            if self.real() {
+                d = self.kubectl(&["get", "pods", "-o", "wide"])?;
             }
             Ok((ips, d))
         })?;
-        let web1 = ips
+        // A pod on one node, asked from the other.
+        let across = ips
             .iter()
-            .find(|(p, _)| *p == "web-001")
-            .map(|(_, ip)| ip.clone())
-            .unwrap_or_default();
-        steps.run(
-            "a request from inajob to web-001's pod IP on yuanying",
-            || {
-                let addr: SocketAddr = format!("{web1}:8080")
-                    .parse()
-                    .map_err(|e| fail(format!("{web1}: {e}")))?;
-                let body = body(&crate::http::get_in(&self.ns_path("inajob"), addr));
-                if body != "web-001" {
-                    return Err(fail(format!("answered {body:?}")));
-                }
-                Ok(((), format!("curl http://{addr}/ -> {body}")))
-            },
-        )?;
+            .find(|(n, ..)| *n == "yuanying")
+            .map(|(_, p, ip)| ("inajob", p.clone(), ip.clone()))
+            .or_else(|| {
+                ips.first()
+                    .map(|(_, p, ip)| ("yuanying", p.clone(), ip.clone()))
+            });
+        if let Some((from, pod, ip)) = across {
+            steps.run(
+                &format!("a request from {from} to {pod}'s pod IP on the other node"),
+                || {
+                    let addr: SocketAddr = format!("{ip}:8080")
+                        .parse()
+                        .map_err(|e| fail(format!("{ip}: {e}")))?;
+                    let body = body(&crate::http::get_in(&self.ns_path(from), addr));
+                    if body != pod {
+                        return Err(fail(format!("answered {body:?}")));
+                    }
+                    Ok(((), format!("curl http://{addr}/ -> {body}")))
+                },
+            )?;
+        }
 
         steps.say("\n3. The Service: web-service 10.254.10.128:80 -> the pods' :8080");
-        steps.run(
-            "web-service and its Endpoints (the endpoints controller's part)",
-            || {
-                let svc: Service = crate::testdata::load_one("service-web.yaml");
-                let services: Api<Service> = Api::namespaced(admin.clone(), "default");
-                self.rt
-                    .block_on(services.create(&PostParams::default(), &svc))
-                    .map_err(|e| fail(format!("creating web-service: {e}")))?;
-                let addresses: Vec<_> = ips
-                    .iter()
-                    .zip(NODES.iter())
-                    .map(|((pod, ip), (node, ..))| {
-                        json!({"ip": ip, "nodeName": node,
-                    "targetRef": {"kind": "Pod", "name": pod, "namespace": "default"}})
-                    })
-                    .collect();
-                let ep: Endpoints = serde_json::from_value(json!({
-                    "metadata": {"name": "web-service", "namespace": "default"},
-                    "subsets": [{"addresses": addresses,
-                        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}]
-                }))
-                .map_err(|e| fail(e.to_string()))?;
-                let eps: Api<Endpoints> = Api::namespaced(admin.clone(), "default");
-                self.rt
-                    .block_on(eps.create(&PostParams::default(), &ep))
-                    .map_err(|e| fail(format!("creating the Endpoints: {e}")))?;
-                let list = ips
-                    .iter()
-                    .map(|(_, ip)| format!("{ip}:8080"))
-                    .collect::<Vec<_>>();
-                Ok(((), format!("endpoints {}", list.join(" "))))
-            },
-        )?;
+        if self.real() {
+            steps.run(
+                "the EndpointSlice controller wrote web-service's endpoints",
+                || {
+                    let slices: Api<EndpointSlice> = Api::namespaced(admin.clone(), "default");
+                    let lp = ListParams::default().labels("kubernetes.io/service-name=web-service");
+                    self.wait("both pods ready in web-service's EndpointSlice", 60, || {
+                        let list = self.rt.block_on(slices.list(&lp)).ok()?;
+                        let ready: Vec<String> = list
+                            .items
+                            .iter()
+                            .flat_map(|s| s.endpoints.iter())
+                            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+                            .flat_map(|e| e.addresses.iter().cloned())
+                            .collect();
+                        ips.iter()
+                            .all(|(_, _, ip)| ready.contains(ip))
+                            .then_some(())
+                    })?;
+                    Ok(((), self.kubectl(&["get", "endpointslices"])?))
+                },
+            )?;
+        } else {
+            steps.run(
+                "web-service and its Endpoints (the endpoints controller's part)",
+                || {
+                    let svc: Service = crate::testdata::load_one("service-web.yaml");
+                    let services: Api<Service> = Api::namespaced(admin.clone(), "default");
+                    self.rt
+                        .block_on(services.create(&PostParams::default(), &svc))
+                        .map_err(|e| fail(format!("creating web-service: {e}")))?;
+                    let addresses: Vec<_> = ips
+                        .iter()
+                        .map(|(node, pod, ip)| {
+                            json!({"ip": ip, "nodeName": node,
+                        "targetRef": {"kind": "Pod", "name": pod, "namespace": "default"}})
+                        })
+                        .collect();
+                    let ep: Endpoints = serde_json::from_value(json!({
+                        "metadata": {"name": "web-service", "namespace": "default"},
+                        "subsets": [{"addresses": addresses,
+                            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}]
+                    }))
+                    .map_err(|e| fail(e.to_string()))?;
+                    let eps: Api<Endpoints> = Api::namespaced(admin.clone(), "default");
+                    self.rt
+                        .block_on(eps.create(&PostParams::default(), &ep))
+                        .map_err(|e| fail(format!("creating the Endpoints: {e}")))?;
+                    let list = ips
+                        .iter()
+                        .map(|(.., ip)| format!("{ip}:8080"))
+                        .collect::<Vec<_>>();
+                    Ok(((), format!("endpoints {}", list.join(" "))))
+                },
+            )?;
+        }
         steps.run("the service rules node-sync programmed on inajob", || {
-            let t = Instant::now();
-            loop {
-                check_interrupt()?;
-                let rules = self.service_rules("inajob");
-                if ips
-                    .iter()
-                    .all(|(_, ip)| rules.contains(&format!("{ip}:8080")))
-                {
-                    return Ok(((), rules));
-                }
-                if t.elapsed() > Duration::from_secs(20) {
-                    return Err(fail(format!("not programmed after 20 s:\n{rules}")));
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
+            let mut rules = String::new();
+            let ok = self.wait("the service rules", 20, || {
+                rules = self.service_rules("inajob");
+                ips.iter()
+                    .all(|(.., ip)| rules.contains(&format!("{ip}:8080")))
+                    .then_some(())
+            });
+            ok.map_err(|e| fail(format!("{e}:\n{rules}")))?;
+            Ok(((), rules))
         })?;
         steps.run(
             "four requests to 10.254.10.128 from inajob alternate",
@@ -612,14 +839,17 @@ impl Demo {
                 let alternates = got[0] != got[1] && got[0] == got[2] && got[1] == got[3];
                 let mut sorted = got.clone();
                 sorted.sort();
-                if !alternates || sorted != ["web-001", "web-001", "web-002", "web-002"] {
+                let mut want: Vec<String> = ips
+                    .iter()
+                    .flat_map(|(_, pod, _)| [pod.clone(), pod.clone()])
+                    .collect();
+                want.sort();
+                if !alternates || sorted != want {
                     return Err(fail(format!("answers {got:?}")));
                 }
                 Ok(((), format!("curl http://{vip}/ x4 -> {}", got.join(" "))))
             },
         )?;
-        // Up and proven: the pods stay until [`Demo::down`] deletes them.
-        made.made.clear();
         Ok(())
     }
 
@@ -650,9 +880,13 @@ impl Demo {
     pub fn how_to_reach(&self) -> String {
         let mut s = String::new();
         let _ = writeln!(s, "The cluster is up. Reach it with:");
+        let kubectl = match &self.control {
+            Control::Real(cp) => cp.assets().bin("kubectl").display().to_string(),
+            Control::StandIn(_) => "kubectl".to_string(),
+        };
         let _ = writeln!(
             s,
-            "  kubectl --kubeconfig {} get nodes,pods -o wide",
+            "  {kubectl} --kubeconfig {} get nodes,pods,endpointslices -o wide",
             self.kubeconfig("admin").display()
         );
         for (node, ..) in NODES {
@@ -667,7 +901,7 @@ impl Demo {
     }
 
     /// Takes the cluster down (pods first) and says what is left.
-    pub fn down(self) -> String {
+    pub fn down(mut self) -> String {
         let names: Vec<String> = self
             .cluster
             .nodes()
@@ -675,28 +909,52 @@ impl Demo {
             .map(|n| n.ns.name().to_string())
             .chain([self.cluster.lan().name().to_string()])
             .collect();
-        let pods = Pods {
-            demo: &self,
-            made: NODES.iter().map(|(n, .., p)| (*n, *p)).collect(),
+        // The ReplicaSet goes first, its pods orphaned, so that nothing
+        // replaces the pods being deleted.
+        if self.real() {
+            let _ = self.kubectl(&["delete", "replicaset", "web", "--cascade=orphan"]);
+        }
+        let made = std::mem::take(&mut self.pods);
+        drop(Pods { demo: &self, made });
+        let procs: Vec<u32> = match &self.control {
+            Control::Real(cp) => control_plane_pids(cp),
+            Control::StandIn(_) => Vec::new(),
         };
-        drop(pods);
         drop(self);
         let listed = Command::new("ip")
             .args(["netns", "list"])
             .output()
             .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
             .unwrap_or_default();
-        let left: Vec<&String> = names
-            .iter()
+        let mut left: Vec<String> = names
+            .into_iter()
             .filter(|n| listed.contains(n.as_str()))
             .collect();
+        left.extend(
+            procs
+                .into_iter()
+                .filter(|p| std::path::Path::new(&format!("/proc/{p}")).exists())
+                .map(|p| format!("process {p}")),
+        );
         if left.is_empty() {
-            "nothing left: pods, containerd, node-sync, the API server and the namespaces are gone"
+            "nothing left: pods, containerd, node-sync, the control plane and the namespaces are gone"
                 .to_string()
         } else {
             format!("left behind: {left:?}")
         }
     }
+}
+
+/// The processes running in the control plane's directory.
+fn control_plane_pids(cp: &ControlPlane) -> Vec<u32> {
+    let dir = cp.dir().to_path_buf();
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|c| c == dir))
+        .collect()
 }
 
 fn body(response: &str) -> String {

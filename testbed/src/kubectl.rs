@@ -32,6 +32,10 @@ fn resource(api_version: &str, kind: &str) -> Result<(ApiResource, bool), Kubect
         "Endpoints" => ("endpoints", true),
         "EndpointSlice" => ("endpointslices", true),
         "Lease" => ("leases", true),
+        "ReplicaSet" => ("replicasets", true),
+        "ServiceAccount" => ("serviceaccounts", true),
+        "ClusterRole" => ("clusterroles", false),
+        "ClusterRoleBinding" => ("clusterrolebindings", false),
         other => {
             return Err(KubectlError::Input(format!(
                 "kind {other} is not known here"

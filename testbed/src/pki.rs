@@ -125,7 +125,12 @@ impl Pki {
 
     /// A kubeconfig for `user` in `groups` on `server`, the certificate
     /// inline, as kubeadm writes them.
-    pub fn kubeconfig(&self, server: &str, user: &str, groups: &[&str]) -> Result<String, PkiError> {
+    pub fn kubeconfig(
+        &self,
+        server: &str,
+        user: &str,
+        groups: &[&str],
+    ) -> Result<String, PkiError> {
         let (cert, key) = self.client(user, groups)?;
         let b64 = |s: &str| {
             use base64::Engine;

@@ -24,19 +24,25 @@ fn pids_of(cp: &ControlPlane) -> Vec<i32> {
         .expect("/proc")
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|c| c == dir)
-        })
+        .filter(|pid| std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|c| c == dir))
         .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn starts_in_seconds_enforces_node_identity_and_stops_by_pid() {
     let cp = ControlPlane::start(&Options::default()).expect("control plane");
-    eprintln!("control plane (etcd + kube-apiserver) ready in {:?}", cp.started_in);
-    assert!(cp.started_in < Duration::from_secs(30), "{:?}", cp.started_in);
+    eprintln!(
+        "control plane (etcd + kube-apiserver) ready in {:?}",
+        cp.started_in
+    );
+    assert!(
+        cp.started_in < Duration::from_secs(30),
+        "{:?}",
+        cp.started_in
+    );
     let dir = tempfile::tempdir().expect("tmp");
-    cp.write_kubeconfigs(dir.path(), &["inajob"]).expect("kubeconfigs");
+    cp.write_kubeconfigs(dir.path(), &["inajob"])
+        .expect("kubeconfigs");
     let admin = testbed::kubectl::client(&dir.path().join("admin.kubeconfig"))
         .await
         .expect("admin");
@@ -50,9 +56,12 @@ async fn starts_in_seconds_enforces_node_identity_and_stops_by_pid() {
 
     // The node may register itself, not list every Node, nor make another.
     let nodes: Api<Node> = Api::all(node.clone());
-    let me: Node = serde_json::from_value(serde_json::json!({"metadata": {"name": "inajob"}}))
-        .expect("node");
-    nodes.create(&PostParams::default(), &me).await.expect("register");
+    let me: Node =
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "inajob"}})).expect("node");
+    nodes
+        .create(&PostParams::default(), &me)
+        .await
+        .expect("register");
     assert!(nodes.get("inajob").await.is_ok());
     match nodes.list(&ListParams::default()).await {
         Err(kube::Error::Api(e)) => {
@@ -68,8 +77,19 @@ async fn starts_in_seconds_enforces_node_identity_and_stops_by_pid() {
         other => panic!("a node made another Node: {other:?}"),
     }
     let all: Api<Node> = Api::all(admin);
-    assert_eq!(all.list(&ListParams::default()).await.expect("list").items.len(), 1);
-    assert!(cp.kubectl(&["get", "nodes", "-o", "name"]).expect("kubectl").contains("node/inajob"));
+    assert_eq!(
+        all.list(&ListParams::default())
+            .await
+            .expect("list")
+            .items
+            .len(),
+        1
+    );
+    assert!(
+        cp.kubectl(&["get", "nodes", "-o", "name"])
+            .expect("kubectl")
+            .contains("node/inajob")
+    );
 
     let pids = pids_of(&cp);
     assert_eq!(pids.len(), 2, "etcd and kube-apiserver: {pids:?}");
@@ -95,6 +115,9 @@ fn controllers_and_scheduler_join() {
     let sas = cp
         .kubectl(&["get", "serviceaccounts", "-n", "kube-system", "-o", "name"])
         .expect("kubectl");
-    assert!(sas.contains("serviceaccount/replicaset-controller"), "{sas}");
+    assert!(
+        sas.contains("serviceaccount/replicaset-controller"),
+        "{sas}"
+    );
     assert_eq!(pids_of(&cp).len(), 4);
 }

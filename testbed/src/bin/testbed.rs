@@ -52,6 +52,10 @@ enum Cmd {
         /// node-sync's --proxy-mode: auto, nftables or ipvs
         #[arg(long, default_value = "auto")]
         proxy_mode: String,
+        /// real (KUBEBUILDER_ASSETS), stand-in, or auto: real when the
+        /// binaries are found
+        #[arg(long, default_value = "auto", value_parser = ["auto", "real", "stand-in"])]
+        control_plane: String,
         /// Leave the cluster up until `testbed demo-down` (or a signal)
         #[arg(long)]
         keep: bool,
@@ -133,7 +137,7 @@ async fn kube_op(kubeconfig: &std::path::Path, op: KubeOp) -> Result<()> {
 /// Where a kept demo says who it is.
 const DEMO_PID: &str = "/run/heartful-demo.pid";
 
-fn demo(bin_dir: Option<PathBuf>, proxy_mode: String, keep: bool) -> Result<()> {
+fn demo(bin_dir: Option<PathBuf>, proxy_mode: String, plane: &str, keep: bool) -> Result<()> {
     use std::sync::atomic::Ordering;
     use testbed::demo::{self, INTERRUPTED};
     let bin_dir = bin_dir.context(
@@ -165,6 +169,11 @@ fn demo(bin_dir: Option<PathBuf>, proxy_mode: String, keep: bool) -> Result<()> 
     let opts = demo::Options {
         bin_dir,
         proxy_mode,
+        plane: match plane {
+            "real" => demo::Plane::Real,
+            "stand-in" => demo::Plane::StandIn,
+            _ => demo::Plane::Auto,
+        },
     };
     use std::io::IsTerminal;
     let tty = std::io::stdout().is_terminal();
@@ -198,8 +207,9 @@ fn main() -> Result<()> {
         Cmd::Demo {
             bin_dir,
             proxy_mode,
+            control_plane,
             keep,
-        } => demo(bin_dir, proxy_mode, keep),
+        } => demo(bin_dir, proxy_mode, &control_plane, keep),
         Cmd::DemoDown => demo_down(),
         Cmd::Vm {
             script,
