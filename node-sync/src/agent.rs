@@ -2,7 +2,8 @@
 //! Lease beat on a timer; routes follow a kube-runtime watch of the Nodes
 //! (with backoff on API errors, and a reflector store that holds the last
 //! complete list, so an error or a list in progress never empties the
-//! routes). Shutdown leaves everything programmed in place.
+//! routes). A 403 from a watcher is reported through [`Access`], once per
+//! transition. Shutdown leaves everything programmed in place.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,6 +17,7 @@ use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt, reflector};
 use serde_json::Value;
 
+use crate::access::{self, Access, Resource, Verb};
 use crate::config::Config;
 use crate::machine::Machine;
 use crate::metrics::Metrics;
@@ -30,13 +32,18 @@ enum Ev {
     Listed,
     Changed,
     Failed(String),
+    /// A 403: [`Access`] has said so.
+    Forbidden,
 }
 
-fn news<K>(r: Result<Event<K>, watcher::Error>) -> Ev {
+/// `r` told to `access` (as `resource`'s), and what it means here.
+fn news<K>(access: &Access, resource: Resource, r: Result<Event<K>, watcher::Error>) -> Ev {
+    access.observe(resource, &r);
     match r {
         Ok(Event::Init | Event::InitApply(_)) => Ev::Listing,
         Ok(Event::InitDone) => Ev::Listed,
         Ok(Event::Apply(_) | Event::Delete(_)) => Ev::Changed,
+        Err(e) if access::watch_forbidden(&e).is_some() => Ev::Forbidden,
         Err(e) => Ev::Failed(e.to_string()),
     }
 }
@@ -47,6 +54,8 @@ const LEASE_EVERY: Duration = Duration::from_secs(10);
 /// Routes are compared with the kernel this often without any event, to
 /// repair what someone else changed.
 const RESYNC_EVERY: Duration = Duration::from_secs(30);
+/// Refused watches are asked about this often (see [`Access::recheck`]).
+const RECHECK_EVERY: Duration = Duration::from_secs(10);
 
 pub struct Agent {
     pub cfg: Config,
@@ -54,6 +63,7 @@ pub struct Agent {
     pub metrics: Arc<Metrics>,
     pub hostname: String,
     pub routes_ready: Arc<AtomicBool>,
+    pub access: Arc<Access>,
 }
 
 /// What the heartbeat remembers between beats.
@@ -116,6 +126,7 @@ impl Agent {
                 runtime: self.runtime_version().await,
                 cni: self.cni(),
                 routes_ready: self.routes_ready.load(Ordering::SeqCst),
+                routes_forbidden: self.access.denial(Resource::Nodes),
             };
             let status = nodestatus::status(&inputs, &b.conditions, SystemTime::now());
             let bare = nodestatus::without_times(&status);
@@ -161,7 +172,10 @@ impl Agent {
     /// One full routes reconcile from a fresh list.
     pub async fn routes_once(&self, kernel: &Kernel) -> anyhow::Result<usize> {
         let nodes: Api<Node> = Api::all(self.client.clone());
-        let list = nodes.list(&ListParams::default()).await?;
+        let list = nodes
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| access::explain(e, Resource::Nodes, Verb::List))?;
         self.metrics.set(
             "node_sync_objects_seen",
             &[("kind", "Node")],
@@ -189,10 +203,28 @@ impl Agent {
         let lp = ListParams::default();
         let c = &self.client;
         use services::objects::{EpsObj, SliceObj, SvcObj, compact};
-        let svcs: Vec<SvcObj> = compact(Api::<Service>::all(c.clone()).list(&lp).await?.items);
-        let slices: Vec<SliceObj> =
-            compact(Api::<EndpointSlice>::all(c.clone()).list(&lp).await?.items);
-        let eps: Vec<EpsObj> = compact(Api::<Endpoints>::all(c.clone()).list(&lp).await?.items);
+        let why = |r| move |e| access::explain(e, r, Verb::List);
+        let svcs: Vec<SvcObj> = compact(
+            Api::<Service>::all(c.clone())
+                .list(&lp)
+                .await
+                .map_err(why(Resource::Services))?
+                .items,
+        );
+        let slices: Vec<SliceObj> = compact(
+            Api::<EndpointSlice>::all(c.clone())
+                .list(&lp)
+                .await
+                .map_err(why(Resource::EndpointSlices))?
+                .items,
+        );
+        let eps: Vec<EpsObj> = compact(
+            Api::<Endpoints>::all(c.clone())
+                .list(&lp)
+                .await
+                .map_err(why(Resource::Endpoints))?
+                .items,
+        );
         let (want, skipped) = services::model::desired(&svcs, &slices, &eps);
         for s in &skipped {
             tracing::warn!("services: {s}");
@@ -226,16 +258,20 @@ impl Agent {
         resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let changed = tokio::select! {
-                ev = events.next() => match ev {
+                ev = events.next() => match ev.map(|e| news(&self.access, Resource::Nodes, e)) {
                     None => return,
-                    Some(Err(e)) => {
+                    Some(Ev::Failed(e)) => {
                         self.metrics.inc("node_sync_errors_total", &[("reconciler", "watch")]);
                         tracing::warn!("watching nodes: {e}");
                         false
                     }
-                    Some(Ok(Event::Init | Event::InitApply(_))) => false,
-                    Some(Ok(Event::InitDone)) => { complete = true; true }
-                    Some(Ok(Event::Apply(_) | Event::Delete(_))) => true,
+                    Some(Ev::Forbidden) => {
+                        self.metrics.inc("node_sync_errors_total", &[("reconciler", "watch")]);
+                        false
+                    }
+                    Some(Ev::Listing) => false,
+                    Some(Ev::Listed) => { complete = true; true }
+                    Some(Ev::Changed) => true,
                 },
                 _ = resync.tick() => true,
             };
@@ -244,7 +280,7 @@ impl Agent {
             }
             // Events that are already here go into the same sync.
             while let Some(Some(ev)) = events.next().now_or_never() {
-                if let Ok(Event::InitDone) = ev {
+                if let Ev::Listed = news(&self.access, Resource::Nodes, ev) {
                     complete = true;
                 }
             }
@@ -347,7 +383,7 @@ impl Agent {
                     .map_ok(obj::event::<Service, SvcObj>),
             )
             .default_backoff()
-            .map(|e| (0usize, news(e)))
+            .map(|e| (0usize, news(&self.access, Resource::Services, e)))
             .boxed(),
             reflector(
                 sl_w,
@@ -355,7 +391,7 @@ impl Agent {
                     .map_ok(obj::event::<EndpointSlice, SliceObj>),
             )
             .default_backoff()
-            .map(|e| (1usize, news(e)))
+            .map(|e| (1usize, news(&self.access, Resource::EndpointSlices, e)))
             .boxed(),
             reflector(
                 ep_w,
@@ -363,7 +399,7 @@ impl Agent {
                     .map_ok(obj::event::<Endpoints, EpsObj>),
             )
             .default_backoff()
-            .map(|e| (2usize, news(e)))
+            .map(|e| (2usize, news(&self.access, Resource::Endpoints, e)))
             .boxed(),
         ];
         let mut events = futures::stream::select_all(streams);
@@ -437,6 +473,20 @@ impl Agent {
                 tracing::warn!("watching services: {e}");
                 false
             }
+            Ev::Forbidden => {
+                self.metrics
+                    .inc("node_sync_errors_total", &[("reconciler", "watch")]);
+                false
+            }
+        }
+    }
+
+    async fn recheck_loop(&self) {
+        let mut tick = tokio::time::interval(RECHECK_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.access.recheck(&self.client).await;
         }
     }
 
@@ -446,6 +496,7 @@ impl Agent {
             _ = self.heartbeat_loop() => {}
             _ = self.routes_loop(&kernel) => {}
             _ = self.services_loop() => {}
+            _ = self.recheck_loop() => {}
             _ = shutdown => tracing::info!("stopping; routes and the Node stay as programmed"),
         }
     }

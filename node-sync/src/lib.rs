@@ -1,6 +1,7 @@
 //! node-sync: the node agent. Registers the Node and keeps its status and
 //! Lease fresh; routes to other nodes' podCIDRs (host-gw).
 
+pub mod access;
 pub mod agent;
 pub mod config;
 pub mod http;

@@ -12,11 +12,14 @@ use clap::{Args, Parser, Subcommand};
 use ipnetwork::IpNetwork;
 use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use node_sync::access::{self, Access, Resource};
 use node_sync::agent::{Agent, Beat};
 use node_sync::config::{Config, FileConfig};
 use node_sync::metrics::Metrics;
 use node_sync::routes::Kernel;
 use node_sync::services::backend::Backend;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 #[derive(Parser)]
 #[command(
@@ -215,6 +218,20 @@ async fn run(cli: Cli) -> Result<()> {
         }
         match client(&cfg).await {
             Ok(c) => {
+                // Asked of the API server's authorizer, not of the daemon:
+                // the answer is current (a refused watcher retries only
+                // every 30 s), and holds while the daemon is stopped.
+                let mut needed = vec![Resource::Nodes];
+                if cfg.proxy_mode != node_sync::config::ProxyMode::None {
+                    needed.extend([
+                        Resource::Services,
+                        Resource::EndpointSlices,
+                        Resource::Endpoints,
+                    ]);
+                }
+                for line in access::report(&c, &needed).await {
+                    println!("access      {line}");
+                }
                 let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(c);
                 match nodes.get_opt(&cfg.node_name).await {
                     Ok(Some(n)) => {
@@ -241,6 +258,7 @@ async fn run(cli: Cli) -> Result<()> {
         metrics: Arc::clone(&metrics),
         hostname: hostname(),
         routes_ready: Arc::new(AtomicBool::new(false)),
+        access: Arc::new(Access::new(Arc::clone(&metrics))),
         cfg,
     };
     match cli.cmd {
@@ -279,12 +297,19 @@ async fn run(cli: Cli) -> Result<()> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // kube-runtime's watcher warns of every 403 it retries; node-sync
+    // reports a 403 itself, once per transition (see access.rs).
+    let quiet = tracing_subscriber::filter::Targets::new()
+        .with_default(tracing::Level::INFO)
+        .with_target("kube_runtime::watcher", tracing::Level::ERROR);
     // Colour only for a terminal: a log file or the journal gets plain
     // text that grep finds.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
+        .finish()
+        .with(quiet)
         .init();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = match tokio::runtime::Builder::new_multi_thread()

@@ -24,6 +24,8 @@ pub struct Inputs<'a> {
     pub cni: Result<(), String>,
     /// The routes to other nodes' pods are programmed.
     pub routes_ready: bool,
+    /// Why the Nodes cannot be read (a 403), while they cannot.
+    pub routes_forbidden: Option<String>,
 }
 
 fn ts(t: SystemTime) -> String {
@@ -96,24 +98,35 @@ pub fn status(i: &Inputs<'_>, old: &Value, now: SystemTime) -> Value {
             condition(kind, false, no, msg_no, old, &now)
         }
     };
-    let mut network = if i.routes_ready {
-        condition(
+    // Forbidden Nodes are named here: it is where an operator looks first
+    // when the node's pods cannot reach other nodes. Routes made earlier
+    // stay, so the status follows what is programmed.
+    let mut network = match (i.routes_ready, &i.routes_forbidden) {
+        (true, None) => condition(
             "NetworkUnavailable",
             false,
             "RouteCreated",
             "node-sync created routes",
             old,
             &now,
-        )
-    } else {
-        condition(
+        ),
+        (false, None) => condition(
             "NetworkUnavailable",
             true,
             "NoRouteCreated",
             "node-sync has not created routes yet",
             old,
             &now,
-        )
+        ),
+        (true, Some(e)) => condition(
+            "NetworkUnavailable",
+            false,
+            "NodesForbidden",
+            &format!("node-sync created routes but cannot follow the Nodes: {e}"),
+            old,
+            &now,
+        ),
+        (false, Some(e)) => condition("NetworkUnavailable", true, "NodesForbidden", e, old, &now),
     };
     // The network condition is the route controller's, which does not beat.
     if let Some(o) = network.as_object_mut() {
@@ -229,11 +242,7 @@ impl Reporter {
 
     pub async fn patch_status(&self, patch: &Value) -> Result<Node, kube::Error> {
         self.nodes
-            .patch_status(
-                &self.name,
-                &crate::ident::patch(),
-                &Patch::Strategic(patch),
-            )
+            .patch_status(&self.name, &crate::ident::patch(), &Patch::Strategic(patch))
             .await
     }
 
@@ -317,6 +326,7 @@ mod tests {
             runtime: Ok("1.6.20".into()),
             cni: Ok(()),
             routes_ready: true,
+            routes_forbidden: None,
         };
         let s = status(&i, &Value::Null, SystemTime::UNIX_EPOCH);
         assert_eq!(cond(&s, "Ready")["status"], "True");
@@ -342,6 +352,7 @@ mod tests {
             runtime: Err("connection refused".into()),
             cni: Ok(()),
             routes_ready: true,
+            routes_forbidden: None,
         };
         let old = json!([{"type": "Ready", "status": "False", "lastTransitionTime": "2020-01-01T00:00:00Z"},
                          {"type": "MemoryPressure", "status": "True", "lastTransitionTime": "2020-01-01T00:00:00Z"}]);
@@ -379,5 +390,50 @@ mod tests {
             SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(5),
         );
         assert_eq!(without_times(&s), without_times(&later));
+    }
+
+    #[test]
+    fn forbidden_nodes_are_the_network_conditions_reason() {
+        let (c, m) = (cfg(), machine());
+        let e = "list nodes at the cluster scope is forbidden for system:node:inajob; ...";
+        let never = Inputs {
+            cfg: &c,
+            hostname: "inajob",
+            machine: &m,
+            runtime: Ok("1.6.20".into()),
+            cni: Ok(()),
+            routes_ready: false,
+            routes_forbidden: Some(e.into()),
+        };
+        let s = status(&never, &Value::Null, SystemTime::UNIX_EPOCH);
+        let n = cond(&s, "NetworkUnavailable");
+        assert_eq!(
+            (&n["status"], &n["reason"], &n["message"]),
+            (&json!("True"), &json!("NodesForbidden"), &json!(e))
+        );
+        // Nothing else is held back by it.
+        assert_eq!(cond(&s, "Ready")["status"], "True");
+        // Routes made before the refusal stay: the network is there.
+        let earlier = Inputs {
+            routes_ready: true,
+            ..never
+        };
+        let s = status(&earlier, &Value::Null, SystemTime::UNIX_EPOCH);
+        let n = cond(&s, "NetworkUnavailable");
+        assert_eq!(
+            (&n["status"], &n["reason"]),
+            (&json!("False"), &json!("NodesForbidden"))
+        );
+        assert_eq!(
+            n["message"],
+            format!("node-sync created routes but cannot follow the Nodes: {e}")
+        );
+        // Permitted again: the usual reasons.
+        let fine = Inputs {
+            routes_forbidden: None,
+            ..earlier
+        };
+        let s = status(&fine, &Value::Null, SystemTime::UNIX_EPOCH);
+        assert_eq!(cond(&s, "NetworkUnavailable")["reason"], "RouteCreated");
     }
 }

@@ -1,5 +1,7 @@
 //! node-sync on the tutorial's two emulated nodes, each with its own node
-//! identity, containerd and CNI config, against the API server stand-in:
+//! identity, containerd and CNI config, against a real control plane
+//! (kube-apiserver with Node,RBAC and NodeRestriction) with node-sync's
+//! RBAC (deploy/node-sync-rbac.yaml) applied by the admin:
 //! registration and Ready with real nodeInfo, Leases that renew, one route
 //! per other node with pods reaching each other through them, Node changes
 //! followed within seconds, foreign routes untouched; and the faults: the
@@ -7,291 +9,24 @@
 //! tutorial Service over nftables on both nodes, reached from a node and
 //! from a pod, round robin across the two nodes' pods, with its faults.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::{Env, condition, echo, endpoints_on, is_ready, pod, ready, renewed, wait_for};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config};
 use serde_json::json;
 use testbed::Netns;
-use testbed::api::Apiserver;
-use testbed::apiserver::ApiServer;
-use testbed::cluster::Cluster;
 use testbed::containerd::Containerd;
-use testbed::image::static_bin;
-use testbed::relay::Relay;
-
-struct Agent(Child);
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-struct NodeEnv {
-    name: &'static str,
-    ip: &'static str,
-    cidr: &'static str,
-    ctrd: Option<Containerd>,
-    relay: Option<Relay>,
-    conf: PathBuf,
-    _state: tempfile::TempDir,
-}
-
-struct Env {
-    nodes: Vec<NodeEnv>,
-    cluster: Cluster,
-    server: ApiServer,
-    dir: tempfile::TempDir,
-}
-
-const NODES: [(&str, &str, &str); 2] = [
-    ("inajob", "192.168.43.111", "10.244.1.0/24"),
-    ("yuanying", "192.168.43.112", "10.244.2.0/24"),
-];
-
-impl Env {
-    fn new(tag: &str) -> Env {
-        let dir = tempfile::tempdir().expect("tmp");
-        let cluster = Cluster::tutorial(tag);
-        let server = ApiServer::start(0, None).expect("apiserver");
-        server
-            .write_kubeconfigs(dir.path(), &["inajob", "yuanying"])
-            .expect("kubeconfigs");
-        let mut nodes = Vec::new();
-        for (name, ip, cidr) in NODES {
-            let ns = &cluster.node(name).ns;
-            let state = tempfile::Builder::new()
-                .prefix("tb-ctrd-")
-                .tempdir_in("/var/tmp")
-                .expect("state");
-            let conf = dir.path().join(format!("{name}-net.d"));
-            std::fs::create_dir_all(&conf).expect("mkdir");
-            let mut bridge = testbed::testdata::cni_conf("10-bridge.conf");
-            bridge["ipam"]["ranges"] = json!([[{"subnet": cidr}]]);
-            bridge["ipam"]["dataDir"] = json!(
-                dir.path()
-                    .join(format!("{name}-ipam"))
-                    .display()
-                    .to_string()
-            );
-            std::fs::write(conf.join("10-bridge.conf"), bridge.to_string()).expect("conf");
-            nodes.push(NodeEnv {
-                name,
-                ip,
-                cidr,
-                ctrd: Some(Containerd::start(
-                    state.path(),
-                    Some(ns),
-                    Path::new("/usr/lib/cni"),
-                )),
-                relay: Some(Relay::start(ns, server.port()).expect("relay")),
-                conf,
-                _state: state,
-            });
-        }
-        Env {
-            nodes,
-            cluster,
-            server,
-            dir,
-        }
-    }
-
-    fn node(&self, name: &str) -> &NodeEnv {
-        self.nodes.iter().find(|n| n.name == name).expect("node")
-    }
-
-    fn ns(&self, name: &str) -> &Netns {
-        &self.cluster.node(name).ns
-    }
-
-    fn start(&self, name: &str) -> Agent {
-        self.start_with(name, &[])
-    }
-
-    /// node-sync on `name` with `extra` flags (the log is appended to).
-    fn start_with(&self, name: &str, extra: &[&str]) -> Agent {
-        let n = self.node(name);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join(format!("{name}.log")))
-            .expect("log");
-        let socket = n
-            .ctrd
-            .as_ref()
-            .map(|c| c.socket())
-            .unwrap_or_else(|| self.dir.path().join("no-containerd.sock"));
-        let child = Command::new("nsenter")
-            .arg(format!("--net={}", self.ns(name).path().display()))
-            .arg(env!("CARGO_BIN_EXE_node-sync"))
-            .arg("--kubeconfig")
-            .arg(self.dir.path().join(format!("{name}.kubeconfig")))
-            .args(["--node-name", name, "--node-ip", n.ip, "--pod-cidr", n.cidr])
-            .arg("--containerd-socket")
-            .arg(&socket)
-            .arg("--cni-conf-dir")
-            .arg(&n.conf)
-            .args([
-                "--status-interval-seconds",
-                "1",
-                "--label",
-                "tutorial=heartful",
-            ])
-            .args(extra)
-            .arg("run")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start node-sync");
-        Agent(child)
-    }
-
-    /// `node-sync <cmd>` once on the node; its stdout.
-    fn run_once(&self, name: &str, cmd: &str) -> String {
-        let n = self.node(name);
-        let out = Command::new("nsenter")
-            .arg(format!("--net={}", self.ns(name).path().display()))
-            .arg(env!("CARGO_BIN_EXE_node-sync"))
-            .arg("--kubeconfig")
-            .arg(self.dir.path().join(format!("{name}.kubeconfig")))
-            .args(["--node-name", name, "--node-ip", n.ip])
-            .arg(cmd)
-            .output()
-            .expect("node-sync");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
-    }
-
-    async fn admin(&self) -> Client {
-        let kc = Kubeconfig::read_from(self.dir.path().join("admin.kubeconfig")).expect("kc");
-        let cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-            .await
-            .expect("config");
-        Client::try_from(cfg).expect("client")
-    }
-
-    /// `ip route show proto 200` on the node, one route per line.
-    fn our_routes(&self, name: &str) -> Vec<String> {
-        self.ns(name)
-            .sh("ip route show proto 200")
-            .lines()
-            .map(|l| l.trim().to_string())
-            .collect()
-    }
-}
-
-async fn wait_for<F, Fut>(what: &str, limit: Duration, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let t = Instant::now();
-    while !f().await {
-        assert!(
-            t.elapsed() < limit,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn ready(n: &Node) -> Option<(String, String)> {
-    n.status
-        .as_ref()?
-        .conditions
-        .as_ref()?
-        .iter()
-        .find(|c| c.type_ == "Ready")
-        .map(|c| (c.status.clone(), c.message.clone().unwrap_or_default()))
-}
-
-async fn is_ready(nodes: &Api<Node>, name: &str, want: &str) -> bool {
-    matches!(nodes.get_opt(name).await, Ok(Some(n)) if ready(&n).is_some_and(|(s, _)| s == want))
-}
-
-/// A pod on `node`: a netns with our bridge plugin's tutorial config.
-fn pod(env: &Env, node: &str, id: &str) -> (Netns, String) {
-    let ns = Netns::new("nspod");
-    let n = env.node(node);
-    let conf = std::fs::read_to_string(n.conf.join("10-bridge.conf")).expect("conf");
-    let bin_dir = static_bin("bridge").parent().expect("dir").to_path_buf();
-    let mut child = Command::new("nsenter")
-        .arg(format!("--net={}", env.ns(node).path().display()))
-        .arg(static_bin("bridge"))
-        .env("CNI_COMMAND", "ADD")
-        .env("CNI_CONTAINERID", id)
-        .env("CNI_NETNS", ns.path())
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", bin_dir)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("bridge");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(conf.as_bytes())
-        .expect("write");
-    let out = child.wait_with_output().expect("bridge");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("result");
-    let ip = v["ips"][0]["address"]
-        .as_str()
-        .and_then(|a| a.split('/').next())
-        .expect("ip")
-        .to_string();
-    (ns, ip)
-}
-
-/// A TCP echo from pod `b` to pod `a` at `a_ip`.
-fn echo(a: &Netns, a_ip: &str, b: &Netns) -> String {
-    let listener = a.run(|| TcpListener::bind("0.0.0.0:7777")).expect("listen");
-    let server = std::thread::spawn(move || {
-        if let Ok((mut s, _)) = listener.accept() {
-            let mut buf = [0u8; 64];
-            let n = s.read(&mut buf).unwrap_or(0);
-            let _ = s.write_all(&buf[..n]);
-        }
-    });
-    let addr = format!("{a_ip}:7777").parse().expect("addr");
-    let got = b.run(|| -> std::io::Result<String> {
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(3))?;
-        s.set_read_timeout(Some(Duration::from_secs(3)))?;
-        s.write_all(b"across nodes")?;
-        let mut out = String::new();
-        s.read_to_string(&mut out)?;
-        Ok(out)
-    });
-    let _ = server.join();
-    got.expect("TCP echo")
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn two_nodes_register_report_and_route() {
-    let env = Env::new("nsa");
+    let env = Env::new("nsa", true);
     // Someone else's route in the same table, before we start.
     env.ns("inajob")
         .sh("ip route add 10.99.0.0/24 via 192.168.43.112 proto boot");
@@ -390,6 +125,24 @@ async fn two_nodes_register_report_and_route() {
         "{status}"
     );
     assert!(status.contains("condition   Ready=True"), "{status}");
+    assert!(
+        status.contains("access      list/watch nodes: granted\n"),
+        "{status}"
+    );
+    // The routes are reported, as the route controller would.
+    wait_for(
+        "NetworkUnavailable False",
+        Duration::from_secs(5),
+        || async {
+            nodes
+                .get("inajob")
+                .await
+                .ok()
+                .and_then(|n| condition(&n, "NetworkUnavailable"))
+                .is_some_and(|c| c.status == "False" && c.reason.as_deref() == Some("RouteCreated"))
+        },
+    )
+    .await;
     let (pa, ipa) = pod(&env, "inajob", "pod-a");
     let (pb, _) = pod(&env, "yuanying", "pod-b");
     assert_eq!(echo(&pa, &ipa, &pb), "across nodes");
@@ -480,7 +233,7 @@ async fn two_nodes_register_report_and_route() {
 
     // Metrics and health on the node's loopback.
     let at = "127.0.0.1:10249".parse().expect("addr");
-    let metrics = testbed::http::get_path_in(&env.ns("inajob").path(), at, "/metrics");
+    let metrics = env.metrics("inajob");
     assert!(
         metrics.contains("node_sync_routes_programmed 1"),
         "{metrics}"
@@ -488,6 +241,13 @@ async fn two_nodes_register_report_and_route() {
     assert!(
         metrics.contains("node_sync_syncs_total{reconciler=\"heartbeat\"}"),
         "{metrics}"
+    );
+    // Nothing was refused with the RBAC in place.
+    assert!(!metrics.contains("node_sync_api_forbidden"), "{metrics}");
+    assert!(
+        !env.log("inajob").contains("forbidden"),
+        "{}",
+        env.log("inajob")
     );
     let health = testbed::http::get_path_in(&env.ns("inajob").path(), at, "/healthz");
     assert!(
@@ -501,13 +261,9 @@ async fn two_nodes_register_report_and_route() {
     );
 }
 
-async fn renewed(leases: &Api<Lease>, name: &str) -> Option<k8s_openapi::jiff::Timestamp> {
-    leases.get(name).await.ok()?.spec?.renew_time.map(|t| t.0)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn faults_keep_the_routes_and_node_sync_recovers() {
-    let mut env = Env::new("nsf");
+    let mut env = Env::new("nsf", true);
     let mut a = env.start("inajob");
     let _b = env.start("yuanying");
     let admin = env.admin().await;
@@ -527,7 +283,7 @@ async fn faults_keep_the_routes_and_node_sync_recovers() {
 
     // The API server out of reach for 30 s: the routes stay all along.
     let before = renewed(&leases, "inajob").await.expect("lease");
-    drop(env.nodes[0].relay.take());
+    env.cut("inajob");
     let t = Instant::now();
     while t.elapsed() < Duration::from_secs(30) {
         assert_eq!(
@@ -543,22 +299,7 @@ async fn faults_keep_the_routes_and_node_sync_recovers() {
         during.duration_since(before).as_secs_f64() < 2.0,
         "the Lease was renewed during the outage: {before} -> {during}"
     );
-    let port = env.server.port();
-    let relay = {
-        let mut tries = 0;
-        loop {
-            match Relay::start(env.ns("inajob"), port) {
-                Ok(r) => break r,
-                Err(e) if tries < 50 => {
-                    tries += 1;
-                    let _ = e;
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                Err(e) => panic!("relay: {e}"),
-            }
-        }
-    };
-    env.nodes[0].relay = Some(relay);
+    env.reconnect("inajob");
     wait_for(
         "a heartbeat after the outage",
         Duration::from_secs(30),
@@ -583,7 +324,7 @@ async fn faults_keep_the_routes_and_node_sync_recovers() {
     assert_eq!(all.lines().count(), 1, "{all}");
 
     // containerd stopped: Ready False with the reason; back: Ready True.
-    let state = env.nodes[0]._state.path().to_path_buf();
+    let state = env.nodes[0].state.path().to_path_buf();
     if let Some(mut c) = env.nodes[0].ctrd.take() {
         c.stop();
     }
@@ -632,18 +373,11 @@ fn alternate(got: &[String]) -> bool {
         && sorted == ["web-001", "web-001", "web-002", "web-002"]
 }
 
-fn endpoints_on(env: &Env, node: &str) -> Option<Vec<String>> {
-    let p = node_sync::services::nft::programmed_in(Some(&env.ns(node).path())).ok()?;
-    let s = p
-        .iter()
-        .find(|s| s.vip.to_string() == "10.254.10.128" && s.port == 80)?;
-    Some(s.endpoints.iter().map(|e| e.to_string()).collect())
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn services_over_nftables_on_two_nodes() {
     use k8s_openapi::api::core::v1::{Endpoints, Service};
-    let mut env = Env::new("nsv");
+    use k8s_openapi::api::discovery::v1::EndpointSlice;
+    let mut env = Env::new("nsv", true);
     // A default route, as on a real node: a VIP is routed through it
     // before DNAT.
     for node in ["inajob", "yuanying"] {
@@ -690,12 +424,20 @@ async fn services_over_nftables_on_two_nodes() {
     }))
     .expect("svc");
     services.create(&pp, &empty).await.expect("empty");
-    let bad_ep: Endpoints = serde_json::from_value(json!({
-        "metadata": {"name": "empty"},
-        "subsets": [{"addresses": [{"ip": "not-an-ip"}], "ports": [{"name": "http", "port": 8080}]}]
+    // The API server validates the addresses of Endpoints and of IPv4
+    // slices; what reaches node-sync unchecked is an FQDN slice's
+    // hostname, which is no address to DNAT to.
+    let bad_slice: EndpointSlice = serde_json::from_value(json!({
+        "metadata": {"name": "empty-fqdn", "labels": {"kubernetes.io/service-name": "empty"}},
+        "addressType": "FQDN",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": [{"addresses": ["not-an-ip.example"]}]
     }))
-    .expect("ep");
-    endpoints.create(&pp, &bad_ep).await.expect("bad endpoints");
+    .expect("slice");
+    Api::<EndpointSlice>::namespaced(admin.clone(), "default")
+        .create(&pp, &bad_slice)
+        .await
+        .expect("FQDN slice");
 
     let both = Some(vec![
         "10.244.1.2:8080".to_string(),
@@ -729,7 +471,10 @@ async fn services_over_nftables_on_two_nodes() {
     let table = env.ns("inajob").sh("nft list table ip node-sync");
     assert!(!table.contains("10.254.10.201"), "{table}");
     let log = env.log("inajob");
-    assert!(log.contains("not-an-ip"), "{log}");
+    assert!(
+        log.contains("invalid address \"not-an-ip.example\""),
+        "{log}"
+    );
 
     // web-002 removed from the Endpoints: gone from the rules within 1 s.
     let one = json!({"subsets": [{"addresses": [{"ip": "10.244.2.2"}], "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}]});
@@ -752,11 +497,11 @@ async fn services_over_nftables_on_two_nodes() {
 
     // The API server out of reach: the rules stay and traffic flows.
     let before = env.ns("inajob").sh("nft list table ip node-sync");
-    drop(env.nodes[0].relay.take());
+    env.cut("inajob");
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(env.ns("inajob").sh("nft list table ip node-sync"), before);
     assert_eq!(answers(&client, 2), ["web-001"; 2]);
-    env.nodes[0].relay = Some(Relay::start(env.ns("inajob"), env.server.port()).expect("relay"));
+    env.reconnect("inajob");
 
     // SIGKILL and a restart: adopted as it is, nothing flushed or doubled.
     let _ = a.0.kill();

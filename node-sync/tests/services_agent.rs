@@ -1,5 +1,7 @@
-//! `node-sync run --proxy-mode nftables` on an emulated node: the
-//! tutorial Service and its Endpoints become the node's nftables table,
+//! `node-sync run --proxy-mode nftables` on an emulated node, with the
+//! node's own identity against a real control plane and node-sync's RBAC
+//! applied by the admin: the tutorial Service and its Endpoints become the
+//! node's nftables table,
 //! changes follow within seconds, a restart adopts the table, and a
 //! deleted Service leaves no trace.
 
@@ -9,13 +11,11 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Endpoints, Service};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config};
 use node_sync::services::nft;
 use serde_json::json;
 use testbed::api::Apiserver;
-use testbed::apiserver::ApiServer;
 use testbed::cluster::{Cluster, INAJOB};
+use testbed::controlplane::{ControlPlane, Options};
 use testbed::relay::Relay;
 
 struct Agent(Child);
@@ -73,18 +73,19 @@ async fn the_tutorial_service_becomes_the_nft_table() {
     let dir = tempfile::tempdir().expect("tmp");
     let mut cluster = Cluster::new("nssvc");
     cluster.add_node(INAJOB.0, INAJOB.1);
-    let server = ApiServer::start(0, None).expect("apiserver");
-    server
-        .write_kubeconfigs(dir.path(), &["inajob"])
+    let cp = ControlPlane::start(&Options::default()).expect("control plane");
+    cp.write_kubeconfigs(dir.path(), &["inajob"])
         .expect("kubeconfigs");
-    let _relay = Relay::start(&cluster.node("inajob").ns, server.port()).expect("relay");
-    let kc = Kubeconfig::read_from(dir.path().join("admin.kubeconfig")).expect("kc");
-    let admin = Client::try_from(
-        Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
-            .await
-            .expect("cfg"),
-    )
-    .expect("client");
+    cp.kubectl(&[
+        "apply",
+        "-f",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/node-sync-rbac.yaml"),
+    ])
+    .expect("RBAC");
+    let _relay = Relay::start(&cluster.node("inajob").ns, cp.port()).expect("relay");
+    let admin = testbed::kubectl::client(&dir.path().join("admin.kubeconfig"))
+        .await
+        .expect("admin");
     let services: Api<Service> = Api::namespaced(admin.clone(), "default");
     let endpoints: Api<Endpoints> = Api::namespaced(admin.clone(), "default");
     services
@@ -120,13 +121,24 @@ async fn the_tutorial_service_becomes_the_nft_table() {
         "{}",
         String::from_utf8_lossy(&once.stderr)
     );
+    // The tutorial's and the API server's own `kubernetes` Service
+    // (10.254.0.1:443, without endpoints here: the control plane runs
+    // no endpoint reconciler).
     assert_eq!(
         String::from_utf8_lossy(&once.stdout),
-        "1 service ports (nftables)\n"
+        "2 service ports (nftables)\n"
     );
     assert_eq!(
         endpoints_of(&cluster),
         Some(vec!["10.244.1.2:8080".into(), "10.244.2.2:8080".into()])
+    );
+    let path = cluster.node("inajob").ns.path();
+    let programmed = nft::programmed_in(Some(&path)).expect("table");
+    assert!(
+        programmed
+            .iter()
+            .any(|s| s.vip.to_string() == "10.254.0.1" && s.port == 443 && s.endpoints.is_empty()),
+        "{programmed:?}"
     );
 
     let mut agent = start(&cluster, dir.path());
