@@ -111,6 +111,7 @@ fn make_install_then_the_tutorial_add_by_hand() {
             "usr/local/bin/node-sync",
             "usr/local/bin/pause",
             "usr/local/bin/pod-runner",
+            "usr/local/share/node-sync/node-sync-rbac.yaml",
         ]
     );
     let unit = std::fs::read_to_string(stage.path().join("etc/systemd/system/node-sync.service"))
