@@ -252,6 +252,15 @@ async fn binding_status_patches_and_graceful_delete() {
         .0,
         403
     );
+    // Another node's Node (it must exist: the real server answers 404
+    // before NodeRestriction looks).
+    Api::<Node>::all(c.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "yuanying"}})).expect("node"),
+        )
+        .await
+        .expect("yuanying");
     let nodes: Api<Node> = Api::all(node_client.clone());
     assert_eq!(
         code(
@@ -414,7 +423,7 @@ async fn anonymous_is_forbidden_but_version_answers() {
     let ca = rustls_pemfile_der(server.ca_pem());
     cfg.root_cert = Some(vec![ca]);
     let anon = Client::try_from(cfg).expect("client");
-    assert_eq!(anon.apiserver_version().await.expect("version").minor, "33");
+    assert_eq!(anon.apiserver_version().await.expect("version").minor, "36");
     let pods: Api<Pod> = Api::namespaced(anon, "default");
     let (code, reason) = code(
         pods.list(&ListParams::default())
@@ -532,22 +541,44 @@ fn the_testbed_binary_serves_until_sigterm() {
         "{lines:?}"
     );
     let kc = dir.path().join("inajob.kubeconfig");
+    // A node lists only the pods bound to it, as the Node authorizer
+    // allows.
     let got = std::process::Command::new("kubectl")
         .arg("--kubeconfig")
         .arg(&kc)
+        .args([
+            "get",
+            "pods",
+            "-A",
+            "--field-selector",
+            "spec.nodeName=inajob",
+        ])
+        .output();
+    let all = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&kc)
         .args(["get", "pods", "-A"])
-        .output()
-        .expect("kubectl");
+        .output();
+    // Stopped before any assertion, so a failure leaves no server behind.
+    let stopped = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let got = got.expect("kubectl");
     assert!(
         got.status.success(),
         "{}",
         String::from_utf8_lossy(&got.stderr)
     );
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(child.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .expect("kill");
+    let all = all.expect("kubectl");
+    assert!(
+        !all.status.success()
+            && String::from_utf8_lossy(&all.stderr)
+                .contains("can only list/watch pods with spec.nodeName field selector"),
+        "{}",
+        String::from_utf8_lossy(&all.stderr)
+    );
+    stopped.expect("kill");
     let st = child.wait().expect("wait");
     assert!(st.success(), "{st:?}");
 }

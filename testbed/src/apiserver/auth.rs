@@ -1,82 +1,422 @@
-//! Who may do what. `system:masters` may do everything. A node
-//! (`system:node:<name>` in `system:nodes`) reads everything and writes only
-//! its own Node, its own Lease in kube-node-lease, and the status of pods
-//! bound to it, like the Node authorizer with NodeRestriction. Anyone else,
-//! `system:anonymous` included, is forbidden (no RBAC bindings exist).
+//! Who may do what, as kube-apiserver decides it with
+//! `--authorization-mode=Node,RBAC` and the NodeRestriction admission
+//! plugin: the Node authorizer first (a node's own Node, Lease and the
+//! Pods bound to it, plus its static rules), then RBAC over the stored
+//! ClusterRoles, ClusterRoleBindings, Roles and RoleBindings and the
+//! bootstrap bindings a fresh cluster has (`system:masters` may do
+//! everything; discovery and health for the authenticated; health and
+//! version for everyone). NodeRestriction then limits what a node may
+//! write. The messages are the real ones, reasons included.
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use super::ApiError;
-use crate::pki::Identity;
 use super::resources::Resource;
+use super::select::FieldSelector;
+use super::store::Store;
+use crate::pki::Identity;
 
+/// A request as the authorizers see it.
 pub struct Request<'a> {
     pub verb: &'a str,
     pub resource: &'a Resource,
     pub subresource: Option<&'a str>,
     pub namespace: &'a str,
     pub name: &'a str,
+    pub fields: &'a FieldSelector,
 }
 
-fn forbidden(who: &Identity, req: &Request<'_>) -> ApiError {
+fn groups(who: &Identity) -> Vec<String> {
+    let mut g = who.groups.clone();
+    if who.user == "system:anonymous" {
+        g.push("system:unauthenticated".into());
+    } else {
+        g.push("system:authenticated".into());
+    }
+    g
+}
+
+fn node_name(who: &Identity) -> Option<&str> {
+    who.user
+        .strip_prefix("system:node:")
+        .filter(|_| who.groups.iter().any(|g| g == "system:nodes"))
+}
+
+/// A non-resource path (`/api`, `/version`): the bootstrap roles
+/// system:discovery and system:public-info-viewer, or system:masters.
+pub fn authorize_path(who: &Identity, path: &str) -> Result<(), ApiError> {
+    let g = groups(who);
+    let public = ["/healthz", "/livez", "/readyz", "/version", "/version/"];
+    let discovery = ["/api", "/apis", "/openapi"];
+    let ok = g.iter().any(|g| g == "system:masters")
+        || public.contains(&path)
+        || (g.iter().any(|g| g == "system:authenticated")
+            && discovery
+                .iter()
+                .any(|p| path == *p || path.starts_with(&format!("{p}/"))));
+    if ok {
+        return Ok(());
+    }
+    Err(ApiError::Forbidden {
+        msg: format!(
+            "forbidden: User \"{}\" cannot get path \"{path}\"",
+            who.user
+        ),
+        details: json!({}),
+    })
+}
+
+fn details(r: &Resource, name: &str) -> Value {
+    let mut d = json!({"kind": r.plural});
+    if !name.is_empty() {
+        d["name"] = json!(name);
+    }
+    if !r.group.is_empty() {
+        d["group"] = json!(r.group);
+    }
+    d
+}
+
+fn subject(r: &Resource, name: &str) -> String {
+    if name.is_empty() {
+        r.qualified()
+    } else {
+        format!("{} \"{name}\"", r.qualified())
+    }
+}
+
+/// An admission plugin's refusal.
+pub fn refused(r: &Resource, name: &str, msg: &str) -> ApiError {
+    ApiError::Forbidden {
+        msg: format!("{} is forbidden: {msg}", subject(r, name)),
+        details: details(r, name),
+    }
+}
+
+fn forbidden(who: &Identity, req: &Request<'_>, reason: &str) -> ApiError {
+    let r = req.resource;
+    let res = match req.subresource {
+        Some(s) => format!("{}/{s}", r.plural),
+        None => r.plural.to_string(),
+    };
+    // A namespace is its own namespace in the request's attributes.
+    let ns = if r.plural == "namespaces" {
+        req.name
+    } else {
+        req.namespace
+    };
+    let scope = if !ns.is_empty() {
+        format!("in the namespace \"{ns}\"")
+    } else {
+        "at the cluster scope".to_string()
+    };
+    let mut msg = format!(
+        "{} is forbidden: User \"{}\" cannot {} resource \"{res}\" in API group \"{}\" {scope}",
+        subject(r, req.name),
+        who.user,
+        req.verb,
+        r.group
+    );
+    if !reason.is_empty() {
+        msg.push_str(": ");
+        msg.push_str(reason);
+    }
+    ApiError::Forbidden {
+        msg,
+        details: details(r, req.name),
+    }
+}
+
+enum Decision {
+    Allow,
+    NoOpinion(String),
+}
+
+/// The Node authorizer's static rules: (groups, resources, verbs).
+const NODE_RULES: &[(&str, &[&str], &[&str])] = &[
+    ("", &["services"], &["get", "list", "watch"]),
+    (
+        "",
+        &["nodes"],
+        &["create", "get", "list", "watch", "update", "patch"],
+    ),
+    ("", &["nodes/status"], &["update", "patch"]),
+    ("", &["events"], &["create", "update", "patch"]),
+    ("events.k8s.io", &["events"], &["create", "patch"]),
+    ("", &["pods"], &["get", "list", "watch", "create", "delete"]),
+    ("", &["pods/status"], &["update", "patch"]),
+    ("", &["pods/eviction"], &["create"]),
+    (
+        "certificates.k8s.io",
+        &["certificatesigningrequests"],
+        &["create", "get", "list", "watch"],
+    ),
+    ("", &["serviceaccounts/token"], &["create"]),
+    ("", &["endpoints"], &["get"]),
+    (
+        "node.k8s.io",
+        &["runtimeclasses"],
+        &["get", "list", "watch"],
+    ),
+];
+
+fn node_rules_allow(req: &Request<'_>) -> bool {
     let res = match req.subresource {
         Some(s) => format!("{}/{s}", req.resource.plural),
         None => req.resource.plural.to_string(),
     };
-    let subject = if req.name.is_empty() {
-        res.clone()
-    } else {
-        format!("{res} \"{}\"", req.name)
-    };
-    let scope = if req.resource.namespaced && !req.namespace.is_empty() {
-        format!(" in the namespace \"{}\"", req.namespace)
-    } else if req.resource.namespaced {
-        String::new()
-    } else {
-        " at the cluster scope".to_string()
-    };
-    ApiError::Forbidden(format!(
-        "{subject} is forbidden: User \"{}\" cannot {} resource \"{res}\" in API group \"{}\"{scope}",
-        who.user, req.verb, req.resource.group
-    ))
+    NODE_RULES.iter().any(|(g, rs, vs)| {
+        *g == req.resource.group && rs.contains(&res.as_str()) && vs.contains(&req.verb)
+    })
 }
 
-/// `existing` is the object the request acts on, when there is one.
-pub fn authorize(
+fn node_authorizer(node: &str, req: &Request<'_>, store: &Store) -> Decision {
+    let r = req.resource;
+    let rules = |req: &Request<'_>| {
+        if node_rules_allow(req) {
+            Decision::Allow
+        } else {
+            Decision::NoOpinion(String::new())
+        }
+    };
+    match (r.group, r.plural) {
+        ("", "nodes") if req.subresource.is_none() => match req.verb {
+            "get" if req.name != node => Decision::NoOpinion(format!(
+                "node '{node}' cannot read '{}', only its own Node object",
+                req.name
+            )),
+            "list" | "watch" if !req.fields.requires("metadata.name", node) => Decision::NoOpinion(
+                format!("node '{node}' cannot read all nodes, only its own Node object"),
+            ),
+            _ => rules(req),
+        },
+        ("", "pods") if req.subresource.is_none() => match req.verb {
+            "get" => {
+                let bound = store
+                    .get(r, req.namespace, req.name)
+                    .ok()
+                    .and_then(|p| p.pointer("/spec/nodeName").cloned())
+                    == Some(json!(node));
+                if bound {
+                    Decision::Allow
+                } else {
+                    Decision::NoOpinion(format!(
+                        "no relationship found between node '{node}' and this object"
+                    ))
+                }
+            }
+            "list" | "watch" if !req.fields.requires("spec.nodeName", node) => Decision::NoOpinion(
+                "can only list/watch pods with spec.nodeName field selector".into(),
+            ),
+            _ => rules(req),
+        },
+        ("coordination.k8s.io", "leases") => {
+            if !matches!(req.verb, "get" | "create" | "update" | "patch" | "delete") {
+                Decision::NoOpinion(
+                    "can only get, create, update, patch, or delete a node lease".into(),
+                )
+            } else if req.namespace != "kube-node-lease" {
+                Decision::NoOpinion(
+                    "can only access leases in the \"kube-node-lease\" system namespace".into(),
+                )
+            } else if req.verb != "create" && req.name != node {
+                Decision::NoOpinion(
+                    "can only access node lease with the same name as the requesting node".into(),
+                )
+            } else {
+                Decision::Allow
+            }
+        }
+        _ => rules(req),
+    }
+}
+
+fn strs(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
+fn rule_allows(rule: &Value, req: &Request<'_>) -> bool {
+    let any = |list: Vec<&str>, x: &str| list.iter().any(|v| *v == "*" || *v == x);
+    let res = match req.subresource {
+        Some(s) => format!("{}/{s}", req.resource.plural),
+        None => req.resource.plural.to_string(),
+    };
+    let names = strs(&rule["resourceNames"]);
+    any(strs(&rule["verbs"]), req.verb)
+        && any(strs(&rule["apiGroups"]), req.resource.group)
+        && strs(&rule["resources"]).iter().any(|r| {
+            *r == "*"
+                || *r == res
+                || (req.subresource.is_some() && *r == format!("{}/*", req.resource.plural))
+        })
+        && (names.is_empty() || names.contains(&req.name))
+}
+
+fn bound(binding: &Value, who: &Identity, groups: &[String]) -> bool {
+    binding["subjects"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|s| {
+            let name = s["name"].as_str().unwrap_or("");
+            match s["kind"].as_str() {
+                Some("User") => name == who.user,
+                Some("Group") => groups.iter().any(|g| g == name),
+                Some("ServiceAccount") => {
+                    who.user
+                        == format!(
+                            "system:serviceaccount:{}:{name}",
+                            s["namespace"].as_str().unwrap_or("")
+                        )
+                }
+                _ => false,
+            }
+        })
+}
+
+fn rbac_allows(who: &Identity, req: &Request<'_>, store: &Store) -> bool {
+    let g = groups(who);
+    if g.iter().any(|g| g == "system:masters") {
+        return true;
+    }
+    let find = |plural: &str| Resource::find("rbac.authorization.k8s.io", "v1", plural);
+    let (Some(cr), Some(crb), Some(role), Some(rb)) = (
+        find("clusterroles"),
+        find("clusterrolebindings"),
+        find("roles"),
+        find("rolebindings"),
+    ) else {
+        return false;
+    };
+    let rules_of = |r: &Resource, ns: &str, name: &str| -> Vec<Value> {
+        store
+            .get(r, ns, name)
+            .ok()
+            .and_then(|o| o["rules"].as_array().cloned())
+            .unwrap_or_default()
+    };
+    let everywhere = store.all(crb);
+    let here = if req.namespace.is_empty() {
+        Vec::new()
+    } else {
+        store
+            .all(rb)
+            .into_iter()
+            .filter(|b| b.pointer("/metadata/namespace") == Some(&json!(req.namespace)))
+            .collect()
+    };
+    everywhere
+        .iter()
+        .filter(|b| bound(b, who, &g))
+        .flat_map(|b| rules_of(cr, "", b["roleRef"]["name"].as_str().unwrap_or("")))
+        .chain(here.iter().filter(|b| bound(b, who, &g)).flat_map(|b| {
+            let name = b["roleRef"]["name"].as_str().unwrap_or("");
+            if b["roleRef"]["kind"] == "ClusterRole" {
+                rules_of(cr, "", name)
+            } else {
+                rules_of(role, req.namespace, name)
+            }
+        }))
+        .any(|rule| rule_allows(&rule, req))
+}
+
+/// The authorizers, in the real server's order: Node, then RBAC.
+pub fn authorize(who: &Identity, req: &Request<'_>, store: &Store) -> Result<(), ApiError> {
+    let mut reason = String::new();
+    if let Some(node) = node_name(who) {
+        match node_authorizer(node, req, store) {
+            Decision::Allow => return Ok(()),
+            Decision::NoOpinion(r) => reason = r,
+        }
+    }
+    if rbac_allows(who, req, store) {
+        return Ok(());
+    }
+    Err(forbidden(who, req, &reason))
+}
+
+/// NodeRestriction: what a node may write, once authorized. `existing` is
+/// the object acted on, `next` the object a create or update would store.
+pub fn admit(
     who: &Identity,
     req: &Request<'_>,
     existing: Option<&Value>,
+    next: Option<&Value>,
 ) -> Result<(), ApiError> {
-    if who.groups.iter().any(|g| g == "system:masters") {
+    let Some(node) = node_name(who) else {
         return Ok(());
-    }
-    let node = who
-        .user
-        .strip_prefix("system:node:")
-        .filter(|_| who.groups.iter().any(|g| g == "system:nodes"));
-    let Some(node) = node else {
-        return Err(forbidden(who, req));
     };
-    if matches!(req.verb, "get" | "list" | "watch") {
-        return Ok(());
+    let r = req.resource;
+    let bound_here =
+        |o: Option<&Value>| o.and_then(|p| p.pointer("/spec/nodeName")) == Some(&json!(node));
+    match (r.group, r.plural, req.verb) {
+        ("", "nodes", "create" | "update" | "patch") => {
+            if req.name != node {
+                return Err(refused(
+                    r,
+                    req.name,
+                    &format!(
+                        "node \"{node}\" is not allowed to modify node \"{}\"",
+                        req.name
+                    ),
+                ));
+            }
+            if req.verb != "create"
+                && req.subresource.is_none()
+                && existing.and_then(|o| o.pointer("/spec/taints"))
+                    != next.and_then(|o| o.pointer("/spec/taints"))
+            {
+                return Err(refused(
+                    r,
+                    req.name,
+                    &format!("node \"{node}\" is not allowed to modify taints"),
+                ));
+            }
+        }
+        ("", "pods", "create") if req.subresource.is_none() => {
+            let mirror = next
+                .and_then(|p| p.pointer("/metadata/annotations/kubernetes.io~1config.mirror"))
+                .is_some();
+            if !mirror {
+                return Err(refused(
+                    r,
+                    req.name,
+                    &format!(
+                        "pod does not have \"kubernetes.io/config.mirror\" annotation, node \"{node}\" can only create mirror pods"
+                    ),
+                ));
+            }
+        }
+        ("", "pods", "delete") if !bound_here(existing) => {
+            return Err(refused(
+                r,
+                req.name,
+                &format!("node \"{node}\" can only delete pods with spec.nodeName set to itself"),
+            ));
+        }
+        ("", "pods", "update" | "patch")
+            if req.subresource == Some("status") && !bound_here(existing) =>
+        {
+            return Err(refused(
+                r,
+                req.name,
+                &format!(
+                    "node \"{node}\" can only update pod status for pods with spec.nodeName set to itself"
+                ),
+            ));
+        }
+        ("coordination.k8s.io", "leases", "create") if req.name != node => {
+            return Err(refused(
+                r,
+                req.name,
+                "can only access node lease with the same name as the requesting node",
+            ));
+        }
+        _ => {}
     }
-    let ok = match (req.resource.plural, req.subresource) {
-        ("nodes", _) => req.name == node,
-        ("leases", None) => req.namespace == "kube-node-lease" && req.name == node,
-        ("pods", Some("status")) => {
-            existing
-                .and_then(|p| p.pointer("/spec/nodeName"))
-                .and_then(Value::as_str)
-                == Some(node)
-        }
-        ("pods", None) => {
-            req.verb == "delete"
-                && existing
-                    .and_then(|p| p.pointer("/spec/nodeName"))
-                    .and_then(Value::as_str)
-                    == Some(node)
-        }
-        _ => false,
-    };
-    if ok { Ok(()) } else { Err(forbidden(who, req)) }
+    Ok(())
 }

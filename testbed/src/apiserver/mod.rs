@@ -5,6 +5,7 @@
 //! deletion, Status errors, discovery). See `docs/apiserver.md` for what
 //! it does differently from the real server.
 
+mod admission;
 mod auth;
 mod meta;
 mod resources;
@@ -42,7 +43,7 @@ pub enum ApiError {
         name: String,
         msg: String,
     },
-    #[error("{kind} \"{name}\" is invalid: {}", causes.iter().map(|c| format!("{}: {}", c.0, c.2)).collect::<Vec<_>>().join(", "))]
+    #[error("{kind} \"{name}\" is invalid: {}", invalid_causes(causes))]
     Invalid {
         kind: String,
         name: String,
@@ -50,24 +51,36 @@ pub enum ApiError {
     },
     #[error("{0}")]
     BadRequest(String),
-    #[error("{0}")]
-    Forbidden(String),
+    #[error("{msg}")]
+    Forbidden { msg: String, details: Value },
     #[error("{0}")]
     Gone(String),
+    /// A 500 the real server sends without a reason.
+    #[error("{0}")]
+    Internal(String),
     #[error("the server does not allow this method on the requested resource")]
     MethodNotAllowed,
     #[error("the server could not find the requested resource")]
     NoRoute,
-    #[error(
-        "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json"
-    )]
+    #[error("415: Unsupported Media Type")]
     UnsupportedMediaType,
+    #[error("the server rejected our request due to an error in our request")]
+    PatchFailed,
     #[error("tls: {0}")]
     Tls(String),
     #[error(transparent)]
     Pki(#[from] crate::pki::PkiError),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+}
+
+fn invalid_causes(causes: &[(String, &'static str, String)]) -> String {
+    let all: Vec<String> = causes.iter().map(|c| format!("{}: {}", c.0, c.2)).collect();
+    if all.len() == 1 {
+        all.join("")
+    } else {
+        format!("[{}]", all.join(", "))
+    }
 }
 
 impl ApiError {
@@ -86,16 +99,22 @@ impl ApiError {
             }
             ApiError::AlreadyExists { .. } => (409, "AlreadyExists"),
             ApiError::Conflict { .. } | ApiError::ConflictMsg { .. } => (409, "Conflict"),
-            ApiError::Invalid { .. } => (422, "Invalid"),
+            ApiError::Invalid { .. } | ApiError::PatchFailed => (422, "Invalid"),
             ApiError::BadRequest(_) => (400, "BadRequest"),
-            ApiError::Forbidden(_) => (403, "Forbidden"),
+            ApiError::Forbidden { .. } => (403, "Forbidden"),
             ApiError::Gone(_) => (410, "Expired"),
             ApiError::MethodNotAllowed => (405, "MethodNotAllowed"),
             ApiError::UnsupportedMediaType => (415, "UnsupportedMediaType"),
             ApiError::Tls(_) | ApiError::Pki(_) | ApiError::Io(_) => (500, "InternalError"),
+            ApiError::Internal(_) => (500, ""),
         };
         let mut s = json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
                            "status": "Failure", "message": self.to_string(), "reason": reason, "code": code});
+        if reason.is_empty()
+            && let Some(m) = s.as_object_mut()
+        {
+            m.remove("reason");
+        }
         match self {
             ApiError::NotFound { res, name }
             | ApiError::AlreadyExists { res, name }
@@ -115,7 +134,16 @@ impl ApiError {
                     .iter()
                     .map(|(f, r, m)| json!({"reason": r, "message": m, "field": f}))
                     .collect();
+                // "EndpointSlice.discovery.k8s.io": the kind and its group.
+                let (kind, group) = kind.split_once('.').unwrap_or((kind, ""));
                 s["details"] = json!({"name": name, "kind": kind, "causes": causes});
+                if !group.is_empty() {
+                    s["details"]["group"] = json!(group);
+                }
+            }
+            ApiError::Forbidden { details, .. } => s["details"] = details.clone(),
+            ApiError::NoRoute | ApiError::UnsupportedMediaType | ApiError::PatchFailed => {
+                s["details"] = json!({})
             }
             _ => {}
         }
@@ -137,6 +165,9 @@ impl ApiServer {
     /// runtime. With `state`, objects are loaded from and saved to that file.
     pub fn start(port: u16, state: Option<PathBuf>) -> Result<Self, ApiError> {
         let pki = Arc::new(Pki::new()?);
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
         let mut store = Store::new();
         if let Some(path) = &state
             && let Ok(text) = std::fs::read_to_string(path)
@@ -144,10 +175,8 @@ impl ApiServer {
         {
             store.restore(&saved);
         }
+        store.kubernetes_service(addr.port());
         let store = Arc::new(Mutex::new(store));
-        let listener = std::net::TcpListener::bind(("127.0.0.1", port))?;
-        listener.set_nonblocking(true)?;
-        let addr = listener.local_addr()?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let config = server::tls_config(&pki)?;
         let (p2, s2) = (pki.clone(), store.clone());
@@ -210,4 +239,3 @@ impl Drop for ApiServer {
         }
     }
 }
-

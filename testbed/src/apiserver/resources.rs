@@ -1,6 +1,6 @@
 //! The resources the stand-in serves, as discovery describes them.
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Resource {
@@ -13,6 +13,10 @@ pub struct Resource {
     pub namespaced: bool,
     pub status: bool,
     pub short: &'static [&'static str],
+    /// Whether the real server keeps `metadata.generation` (Pods,
+    /// EndpointSlices and ReplicaSets do; Nodes, Services, Leases and the
+    /// rest do not).
+    pub generation: bool,
 }
 
 pub const RESOURCES: &[Resource] = &[
@@ -25,6 +29,7 @@ pub const RESOURCES: &[Resource] = &[
         namespaced: false,
         status: true,
         short: &["ns"],
+        generation: false,
     },
     Resource {
         group: "",
@@ -35,6 +40,7 @@ pub const RESOURCES: &[Resource] = &[
         namespaced: false,
         status: true,
         short: &["no"],
+        generation: false,
     },
     Resource {
         group: "",
@@ -45,6 +51,7 @@ pub const RESOURCES: &[Resource] = &[
         namespaced: true,
         status: true,
         short: &["po"],
+        generation: true,
     },
     Resource {
         group: "",
@@ -55,6 +62,7 @@ pub const RESOURCES: &[Resource] = &[
         namespaced: true,
         status: true,
         short: &["svc"],
+        generation: false,
     },
     Resource {
         group: "",
@@ -65,6 +73,7 @@ pub const RESOURCES: &[Resource] = &[
         namespaced: true,
         status: false,
         short: &["ep"],
+        generation: false,
     },
     Resource {
         group: "discovery.k8s.io",
@@ -75,6 +84,7 @@ pub const RESOURCES: &[Resource] = &[
         namespaced: true,
         status: false,
         short: &[],
+        generation: true,
     },
     Resource {
         group: "coordination.k8s.io",
@@ -85,6 +95,73 @@ pub const RESOURCES: &[Resource] = &[
         namespaced: true,
         status: false,
         short: &[],
+        generation: false,
+    },
+    Resource {
+        group: "",
+        version: "v1",
+        plural: "serviceaccounts",
+        singular: "serviceaccount",
+        kind: "ServiceAccount",
+        namespaced: true,
+        status: false,
+        short: &["sa"],
+        generation: false,
+    },
+    Resource {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        plural: "clusterroles",
+        singular: "clusterrole",
+        kind: "ClusterRole",
+        namespaced: false,
+        status: false,
+        short: &[],
+        generation: false,
+    },
+    Resource {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        plural: "clusterrolebindings",
+        singular: "clusterrolebinding",
+        kind: "ClusterRoleBinding",
+        namespaced: false,
+        status: false,
+        short: &[],
+        generation: false,
+    },
+    Resource {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        plural: "roles",
+        singular: "role",
+        kind: "Role",
+        namespaced: true,
+        status: false,
+        short: &[],
+        generation: false,
+    },
+    Resource {
+        group: "rbac.authorization.k8s.io",
+        version: "v1",
+        plural: "rolebindings",
+        singular: "rolebinding",
+        kind: "RoleBinding",
+        namespaced: true,
+        status: false,
+        short: &[],
+        generation: false,
+    },
+    Resource {
+        group: "apps",
+        version: "v1",
+        plural: "replicasets",
+        singular: "replicaset",
+        kind: "ReplicaSet",
+        namespaced: true,
+        status: true,
+        short: &["rs"],
+        generation: true,
     },
 ];
 
@@ -106,6 +183,15 @@ impl Resource {
         }
     }
 
+    /// "Pod" or "EndpointSlice.discovery.k8s.io", as validation names it.
+    pub fn qualified_kind(&self) -> String {
+        if self.group.is_empty() {
+            self.kind.to_string()
+        } else {
+            format!("{}.{}", self.kind, self.group)
+        }
+    }
+
     pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
         RESOURCES
             .iter()
@@ -113,55 +199,29 @@ impl Resource {
     }
 }
 
-const VERBS: &[&str] = &[
-    "create", "delete", "get", "list", "patch", "update", "watch",
-];
+/// The real server's discovery entries for what the stand-in serves
+/// (kube-apiserver v1.36's, storageVersionHash and all).
+const DISCOVERY: &str = include_str!("discovery.json");
+
+fn discovery() -> &'static Value {
+    static D: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    D.get_or_init(|| serde_json::from_str(DISCOVERY).unwrap_or(Value::Null))
+}
 
 /// `/api/v1` or `/apis/<group>/<version>`.
 pub fn resource_list(group: &str, version: &str) -> Option<Value> {
-    let mut list = Vec::new();
-    for r in RESOURCES
-        .iter()
-        .filter(|r| r.group == group && r.version == version)
-    {
-        list.push(
-            json!({"name": r.plural, "singularName": r.singular, "namespaced": r.namespaced,
-            "kind": r.kind, "verbs": VERBS, "shortNames": r.short}),
-        );
-        if r.status {
-            list.push(
-                json!({"name": format!("{}/status", r.plural), "singularName": "",
-                "namespaced": r.namespaced, "kind": r.kind, "verbs": ["get", "patch", "update"]}),
-            );
-        }
-        if r.plural == "pods" {
-            list.push(
-                json!({"name": "pods/binding", "singularName": "", "namespaced": true,
-                "kind": "Binding", "verbs": ["create"]}),
-            );
-        }
-    }
-    if list.is_empty() {
+    if version != "v1" {
         return None;
     }
-    let gv = if group.is_empty() {
-        version.to_string()
-    } else {
-        format!("{group}/{version}")
-    };
-    Some(
-        json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": list}),
-    )
+    discovery()
+        .pointer(&format!("/groups/{}", group.replace('/', "~1")))
+        .cloned()
 }
 
+/// `/apis`.
 pub fn group_list() -> Value {
-    let mut groups: Vec<Value> = Vec::new();
-    for g in ["discovery.k8s.io", "coordination.k8s.io"] {
-        let gv = format!("{g}/v1");
-        groups.push(
-            json!({"name": g, "versions": [{"groupVersion": gv, "version": "v1"}],
-            "preferredVersion": {"groupVersion": gv, "version": "v1"}}),
-        );
-    }
-    json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+    let d = discovery();
+    let mut doc = d["apis_doc"].clone();
+    doc["groups"] = d["apis"].clone();
+    doc
 }

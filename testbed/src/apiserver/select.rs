@@ -70,6 +70,12 @@ impl LabelSelector {
                 Req::NotExists(k.trim().into())
             } else if !p.is_empty() && !p.contains(' ') {
                 Req::Exists(p.into())
+            } else if let Some((_, found)) = p.split_once(' ') {
+                // A key and then something that is no operator.
+                let found = found.split_whitespace().next().unwrap_or("");
+                return Err(ApiError::BadRequest(format!(
+                    "unable to parse requirement: found '{found}', expected: in, notin, =, ==, !=, gt, lt"
+                )));
             } else {
                 return Err(bad(p));
             };
@@ -126,6 +132,14 @@ impl FieldSelector {
             out.push((k.to_string(), eq, v.trim().to_string()));
         }
         Ok(FieldSelector(out))
+    }
+
+    /// Whether the selector pins `field` to `value` (`field=value`), as
+    /// the Node authorizer requires of a node's lists.
+    pub fn requires(&self, field: &str, value: &str) -> bool {
+        self.0
+            .iter()
+            .any(|(k, eq, v)| k == field && *eq && v == value)
     }
 
     pub fn matches(&self, obj: &Value) -> bool {

@@ -1,7 +1,8 @@
 //! Strategic merge patch with the list rules of the real API for the
 //! objects the stand-in serves. Lists with a merge key merge element by
-//! element (the patch's elements first, in patch order, then the ones
-//! only the server has, as apimachinery's normalizeElementOrder does);
+//! element (the patch's elements in patch order and the ones only the
+//! server has in live order, interleaved by their live positions, as
+//! apimachinery's normalizeElementOrder does);
 //! every other list is atomic and replaced whole. Supported directives:
 //! `$patch: replace|delete` on maps and list elements, `$setElementOrder/`,
 //! `$deleteFromPrimitiveList/`, and `$retainKeys`.
@@ -138,16 +139,33 @@ fn merge_list(
     let server_only = original
         .iter()
         .filter(|o| id(o).is_some_and(|k| !in_patch.contains(&k) && !deleted.contains(&k)));
-    let mut out: Vec<Value> = merged;
-    out.extend(server_only.cloned());
-    if let Some(order) = order {
-        // Elements named in $setElementOrder come in that order, first.
-        let pos = |v: &Value| {
-            id(v)
-                .and_then(|k| order.iter().position(|o| o.get(key) == Some(&k)))
-                .unwrap_or(usize::MAX)
+    // apimachinery's normalizeElementOrder: the patch's elements in the
+    // patch's order (or $setElementOrder's), the server-only ones in the
+    // live order, merged by where each stood in the live list.
+    let pos = |list: &[Value], v: &Value| {
+        id(v).and_then(|k| list.iter().position(|o| o.get(key) == Some(&k)))
+    };
+    let patch_order: Vec<Value> = order.cloned().unwrap_or_else(|| patch.to_vec());
+    let mut right = merged;
+    right.sort_by_key(|v| pos(&patch_order, v).map_or(-1, |i| i as i64));
+    let left: Vec<Value> = server_only.cloned().collect();
+    let mut out = Vec::with_capacity(left.len() + right.len());
+    let (mut i, mut j) = (0, 0);
+    while i < left.len() || j < right.len() {
+        let take_left = if i >= left.len() {
+            false
+        } else if j >= right.len() {
+            true
+        } else {
+            matches!((pos(original, &left[i]), pos(original, &right[j])), (Some(l), Some(r)) if l < r)
         };
-        out.sort_by_key(pos);
+        if take_left {
+            out.push(left[i].clone());
+            i += 1;
+        } else {
+            out.push(right[j].clone());
+            j += 1;
+        }
     }
     Value::Array(out)
 }
@@ -172,7 +190,7 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn conditions_merge_by_type_and_new_ones_come_first() {
+    fn conditions_merge_by_type_in_apimachinery_order() {
         let pod = json!({"status": {"conditions": [
             {"type": "PodScheduled", "status": "True"},
             {"type": "Ready", "status": "False"}]}});
@@ -186,7 +204,9 @@ mod tests {
             .iter()
             .map(|c| c["type"].as_str().unwrap())
             .collect();
-        assert_eq!(types, ["Initialized", "Ready", "PodScheduled"]);
+        // New ones before what the live list had in front of them; the
+        // rest keep the live order (measured on kube-apiserver v1.36).
+        assert_eq!(types, ["Initialized", "PodScheduled", "Ready"]);
         assert_eq!(out["status"]["conditions"][1]["status"], "True");
     }
 

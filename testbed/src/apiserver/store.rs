@@ -7,6 +7,8 @@ use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
 use super::ApiError;
+use super::admission;
+use super::auth;
 use super::meta;
 use super::resources::Resource;
 use super::select::{FieldSelector, LabelSelector};
@@ -48,10 +50,6 @@ fn name_of(o: &Value) -> String {
         .to_string()
 }
 
-fn has_spec(r: &Resource) -> bool {
-    !matches!(r.plural, "endpoints" | "endpointslices")
-}
-
 impl Default for Store {
     fn default() -> Self {
         Self::new()
@@ -71,6 +69,11 @@ impl Store {
         for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
             let r = Resource::find("", "v1", "namespaces").unwrap_or_else(|| unreachable!());
             let _ = s.create(r, "", json!({"metadata": {"name": ns}}));
+        }
+        // The ServiceAccount Pods in `default` need, as the real control
+        // plane's bootstrap makes it.
+        if let Some(r) = Resource::find("", "v1", "serviceaccounts") {
+            let _ = s.create(r, "default", json!({"metadata": {"name": "default"}}));
         }
         s
     }
@@ -147,9 +150,57 @@ impl Store {
             .collect()
     }
 
+    /// Every object of `r`.
+    pub fn all(&self, r: &Resource) -> Vec<Value> {
+        self.objects
+            .iter()
+            .filter(|((p, _, _), _)| *p == r.plural)
+            .map(|(_, o)| o.clone())
+            .collect()
+    }
+
+    fn taken_cluster_ip(&self, ip: &str) -> bool {
+        self.objects.iter().any(|((p, _, _), o)| {
+            *p == "services" && o.pointer("/spec/clusterIP") == Some(&json!(ip))
+        })
+    }
+
+    /// The `kubernetes` Service the real server keeps in `default`,
+    /// pointing at its own port.
+    pub fn kubernetes_service(&mut self, port: u16) {
+        let Some(r) = Resource::find("", "v1", "services") else {
+            return;
+        };
+        let _ = self.create(
+            r,
+            "default",
+            json!({"metadata": {"name": "kubernetes",
+                "labels": {"component": "apiserver", "provider": "kubernetes"}},
+              "spec": {"clusterIP": "10.254.0.1", "ports": [{"name": "https", "port": 443,
+                "protocol": "TCP", "targetPort": port}]}}),
+        );
+    }
+
     fn check_kind(r: &Resource, body: &Value) -> Result<(), ApiError> {
         let kind = body.get("kind").and_then(Value::as_str);
         let api = body.get("apiVersion").and_then(Value::as_str);
+        if let (Some(k), Some(a)) = (kind, api)
+            && k != r.kind
+            && a == r.api_version()
+        {
+            // The real decoder finds the kind and fails to convert it.
+            let version = a.rsplit('/').next().unwrap_or(a);
+            let internal = r
+                .group
+                .split('.')
+                .next()
+                .filter(|g| !g.is_empty())
+                .unwrap_or("core");
+            return Err(ApiError::BadRequest(format!(
+                "{k} in version \"{version}\" cannot be handled as a {}: converting ({version}.{k}) to ({internal}.{}): unknown conversion",
+                r.kind, r.kind
+            )));
+        }
         if kind.is_some_and(|k| k != r.kind) || api.is_some_and(|a| a != r.api_version()) {
             return Err(ApiError::BadRequest(format!(
                 "the API version in the data ({}) does not match the expected API version ({})",
@@ -166,7 +217,7 @@ impl Store {
             causes.push((
                 "metadata.name".to_string(),
                 "FieldValueInvalid",
-                format!("Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"),
+                format!("Invalid value: {name:?}: a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')"),
             ));
         }
         if r.plural == "pods" {
@@ -203,84 +254,120 @@ impl Store {
                 "Required value".into(),
             ));
         }
+        if r.plural == "endpoints" {
+            for (i, sub) in o["subsets"].as_array().into_iter().flatten().enumerate() {
+                for key in ["addresses", "notReadyAddresses"] {
+                    for (j, a) in sub[key].as_array().into_iter().flatten().enumerate() {
+                        let ip = a["ip"].as_str().unwrap_or("");
+                        if ip.parse::<std::net::IpAddr>().is_err() {
+                            let f = format!("subsets[{i}].{key}[{j}].ip");
+                            causes.push((f.clone(), "FieldValueInvalid", format!(
+                                "Invalid value: {ip:?}: must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)")));
+                            causes.push((
+                                f,
+                                "FieldValueInvalid",
+                                format!("Invalid value: {ip:?}: must be a valid IP address"),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        if r.plural == "endpointslices" && o.get("addressType").is_none_or(Value::is_null) {
+            causes.push((
+                "addressType".into(),
+                "FieldValueRequired",
+                "Required value".into(),
+            ));
+        }
         if causes.is_empty() {
             Ok(())
         } else {
             Err(ApiError::Invalid {
-                kind: r.kind.to_string(),
+                kind: r.qualified_kind(),
                 name: name.to_string(),
                 causes,
             })
         }
     }
 
-    /// The defaults clients rely on.
-    fn defaults(&mut self, r: &Resource, o: &mut Value) {
+    /// The defaults and admission a new object meets; `Err` when an
+    /// admission plugin refuses it.
+    fn defaults(&mut self, r: &Resource, ns: &str, o: &mut Value) -> Result<(), ApiError> {
         match r.plural {
             "nodes" => {
-                if let Some(cidr) = o.pointer("/spec/podCIDR").cloned()
-                    && o.pointer("/spec/podCIDRs").is_none()
-                {
-                    o["spec"]["podCIDRs"] = json!([cidr]);
-                }
+                admission::node_create(o);
+                admission::node(o);
             }
             "pods" => {
-                let spec = &mut o["spec"];
-                for (k, v) in [
-                    ("restartPolicy", json!("Always")),
-                    ("dnsPolicy", json!("ClusterFirst")),
-                    ("schedulerName", json!("default-scheduler")),
-                    ("terminationGracePeriodSeconds", json!(30)),
-                    ("securityContext", json!({})),
-                    ("enableServiceLinks", json!(true)),
-                ] {
-                    if spec.get(k).is_none() {
-                        spec[k] = v;
-                    }
+                // ServiceAccount admission: the account must exist.
+                let sa = o
+                    .pointer("/spec/serviceAccountName")
+                    .or_else(|| o.pointer("/spec/serviceAccount"))
+                    .and_then(Value::as_str)
+                    .filter(|s| !s.is_empty())
+                    .unwrap_or("default")
+                    .to_string();
+                let key = ("serviceaccounts", ns.to_string(), sa.clone());
+                if !self.objects.contains_key(&key) {
+                    return Err(auth::refused(
+                        r,
+                        &name_of(o),
+                        &format!(
+                            "error looking up service account {ns}/{sa}: serviceaccount \"{sa}\" not found"
+                        ),
+                    ));
                 }
-                if let Some(cs) = spec.get_mut("containers").and_then(Value::as_array_mut) {
-                    for c in cs {
-                        let latest = c.get("image").and_then(Value::as_str).is_some_and(|i| {
-                            i.ends_with(":latest")
-                                || !i.rsplit('/').next().unwrap_or("").contains(':')
-                        });
-                        for (k, v) in [
-                            (
-                                "imagePullPolicy",
-                                json!(if latest { "Always" } else { "IfNotPresent" }),
-                            ),
-                            ("terminationMessagePath", json!("/dev/termination-log")),
-                            ("terminationMessagePolicy", json!("File")),
-                            ("resources", json!({})),
-                        ] {
-                            if c.get(k).is_none() {
-                                c[k] = v;
-                            }
-                        }
-                        if let Some(ports) = c.get_mut("ports").and_then(Value::as_array_mut) {
-                            for p in ports {
-                                if p.get("protocol").is_none() {
-                                    p["protocol"] = json!("TCP");
-                                }
-                            }
-                        }
-                    }
+                admission::pod_spec(&mut o["spec"]);
+                admission::pod_create(o);
+            }
+            "replicasets" => {
+                if let Some(spec) = o.pointer_mut("/spec/template/spec") {
+                    admission::pod_spec(spec);
                 }
-                if o.pointer("/status/phase").is_none() {
-                    o["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
+                if o.pointer("/spec/template/metadata").is_some() {
+                    o["spec"]["template"]["metadata"]["creationTimestamp"] = Value::Null;
                 }
+                o["status"] = json!({"replicas": 0});
             }
             "services" => {
+                let svc_name = name_of(o);
                 let spec = &mut o["spec"];
                 if spec.get("type").is_none() {
                     spec["type"] = json!("ClusterIP");
                 }
-                if spec.get("clusterIP").is_none() {
-                    // 10.254.0.0/16, the tutorial's service range.
-                    let ip = std::net::Ipv4Addr::from(0x0afe_0000u32 + self.next_cluster_ip);
-                    self.next_cluster_ip += 1;
-                    spec["clusterIP"] = json!(ip.to_string());
+                match spec.get("clusterIP").and_then(Value::as_str) {
+                    Some(ip) if ip != "None" && !ip.is_empty() => {
+                        if self.taken_cluster_ip(ip) {
+                            return Err(ApiError::Invalid {
+                                kind: r.qualified_kind(),
+                                name: svc_name,
+                                causes: vec![(
+                                    "spec.clusterIPs".into(),
+                                    "FieldValueInvalid",
+                                    format!(
+                                        "Invalid value: [\"{ip}\"]: failed to allocate IP {ip}: provided IP is already allocated"
+                                    ),
+                                )],
+                            });
+                        }
+                    }
+                    Some(_) => {}
+                    None => {
+                        // 10.254.0.0/16, the tutorial's service range;
+                        // the real server picks at random.
+                        let ip = loop {
+                            let ip =
+                                std::net::Ipv4Addr::from(0x0afe_0000u32 + self.next_cluster_ip);
+                            self.next_cluster_ip += 1;
+                            if !self.taken_cluster_ip(&ip.to_string()) {
+                                break ip;
+                            }
+                        };
+                        o["spec"]["clusterIP"] = json!(ip.to_string());
+                    }
                 }
+                let spec = &mut o["spec"];
                 if spec.get("clusterIPs").is_none() {
                     spec["clusterIPs"] = json!([spec["clusterIP"].clone()]);
                 }
@@ -316,15 +403,29 @@ impl Store {
             }
             _ => {}
         }
+        Ok(())
     }
 
     pub fn create(&mut self, r: &Resource, ns: &str, mut body: Value) -> Result<Value, ApiError> {
-        Self::check_kind(r, &body)?;
         if !body.is_object() {
-            return Err(ApiError::BadRequest(
-                "the body of the request was in an unknown format".into(),
-            ));
+            // What Go's decoder says of JSON that is not an object.
+            let ty = match &body {
+                Value::String(_) => "string",
+                Value::Number(_) => "number",
+                Value::Bool(_) => "bool",
+                _ => "array",
+            };
+            let hex: String = body
+                .to_string()
+                .bytes()
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            return Err(ApiError::BadRequest(format!(
+                "the object provided is unrecognized (must be of type {}): couldn't get version/kind; json parse error: json: cannot unmarshal {ty} into Go value of type struct {{ APIVersion string \"json:\\\"apiVersion,omitempty\\\"\"; Kind string \"json:\\\"kind,omitempty\\\"\" }} ({hex})",
+                r.kind
+            )));
         }
+        Self::check_kind(r, &body)?;
         if body.get("metadata").is_none() {
             body["metadata"] = json!({});
         }
@@ -389,10 +490,10 @@ impl Store {
             o.remove("deletionTimestamp");
             o.remove("resourceVersion");
         }
-        if has_spec(r) && r.plural != "namespaces" {
+        if r.generation {
             body["metadata"]["generation"] = json!(1);
         }
-        self.defaults(r, &mut body);
+        self.defaults(r, ns, &mut body)?;
         Ok(self.commit(r, key, body, "ADDED"))
     }
 
@@ -473,15 +574,17 @@ impl Store {
         }
         next["apiVersion"] = json!(r.api_version());
         next["kind"] = json!(r.kind);
-        if !status_only && has_spec(r) && next.get("spec") != current.get("spec") {
+        if !status_only && r.generation && next.get("spec") != current.get("spec") {
             let g = current
                 .pointer("/metadata/generation")
                 .and_then(Value::as_i64)
                 .unwrap_or(0);
             next["metadata"]["generation"] = json!(g + 1);
         }
-        if r.plural == "nodes" {
-            self.defaults(r, &mut next);
+        match r.plural {
+            "nodes" => admission::node(&mut next),
+            "pods" => admission::pod_status(&mut next),
+            _ => {}
         }
         if next == current {
             return Ok(current);
@@ -509,14 +612,14 @@ impl Store {
         Ok(self.commit(r, key, next, "MODIFIED"))
     }
 
-    pub fn patch(
-        &mut self,
+    /// The object a patch would make, not stored.
+    pub fn patched(
+        &self,
         r: &Resource,
         ns: &str,
         name: &str,
         kind: PatchType,
         patch: Value,
-        status_only: bool,
     ) -> Result<Value, ApiError> {
         let current = self.get(r, ns, name)?;
         let next = match kind {
@@ -537,17 +640,7 @@ impl Store {
                 let ops: json_patch::Patch = serde_json::from_value(patch)
                     .map_err(|e| ApiError::BadRequest(format!("json patch: {e}")))?;
                 let mut doc = current.clone();
-                json_patch::patch(&mut doc, &ops).map_err(|e| ApiError::Invalid {
-                    kind: r.kind.into(),
-                    name: name.into(),
-                    causes: vec![(
-                        String::new(),
-                        "FieldValueInvalid",
-                        format!(
-                            "the server rejected our request due to an error in our request: {e}"
-                        ),
-                    )],
-                })?;
+                json_patch::patch(&mut doc, &ops).map_err(|_| ApiError::PatchFailed)?;
                 doc
             }
         };
@@ -570,12 +663,31 @@ impl Store {
                 "the name cannot be changed by a patch".into(),
             ));
         }
+        Ok(next)
+    }
+
+    pub fn patch(
+        &mut self,
+        r: &Resource,
+        ns: &str,
+        name: &str,
+        kind: PatchType,
+        patch: Value,
+        status_only: bool,
+    ) -> Result<Value, ApiError> {
+        let current = self.get(r, ns, name)?;
+        let next = self.patched(r, ns, name, kind, patch)?;
         self.replace(r, ns, name, current, next, status_only)
     }
 
-    /// DELETE. A pod bound to a node (or any object with finalizers) is
-    /// marked with deletionTimestamp and stays until its grace period ends
-    /// (pods) or a delete with grace 0 arrives.
+    /// DELETE, as the real registry does it: a Pod bound to a node is
+    /// marked (`deletionTimestamp`, `deletionGracePeriodSeconds`, a new
+    /// generation) and stays until a delete with grace 0 (the kubelet's
+    /// last word; nothing here expires it); an unscheduled Pod goes at
+    /// once, with the marks on the object returned; an object with
+    /// finalizers is marked. Pods, Services, Namespaces and
+    /// ServiceAccounts answer with the object, the rest with a Success
+    /// Status.
     pub fn delete(
         &mut self,
         r: &Resource,
@@ -585,12 +697,21 @@ impl Store {
         precondition_uid: Option<&str>,
     ) -> Result<Value, ApiError> {
         let current = self.get(r, ns, name)?;
-        if let Some(uid) = precondition_uid
-            && Some(uid) != current.pointer("/metadata/uid").and_then(Value::as_str)
+        let uid = current
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        if let Some(want) = precondition_uid
+            && want != uid
         {
-            return Err(ApiError::Conflict {
-                res: r.qualified(),
+            return Err(ApiError::ConflictMsg {
+                res: r.kind.to_string(),
                 name: name.into(),
+                msg: format!(
+                    "Operation cannot be fulfilled on {} \"{name}\": the UID in the precondition ({want}) does not match the UID in record ({uid}). The object might have been deleted and then recreated",
+                    r.kind
+                ),
             });
         }
         let key = (
@@ -602,52 +723,72 @@ impl Store {
             },
             name.to_string(),
         );
-        let bound = r.plural == "pods" && current.pointer("/spec/nodeName").is_some();
         let finalizers = current
             .pointer("/metadata/finalizers")
             .and_then(Value::as_array)
             .is_some_and(|f| !f.is_empty());
-        let grace = grace.unwrap_or_else(|| {
-            current
-                .pointer("/spec/terminationGracePeriodSeconds")
-                .and_then(Value::as_i64)
-                .unwrap_or(30)
-        });
-        if (bound && grace > 0) || finalizers {
-            if current.pointer("/metadata/deletionTimestamp").is_some() && !(bound && grace == 0) {
-                return Ok(current);
+        let returns_object = matches!(
+            r.plural,
+            "pods" | "services" | "namespaces" | "serviceaccounts"
+        );
+        let answer = |o: Value| {
+            if returns_object {
+                o
+            } else {
+                let mut d = json!({"name": name, "kind": r.plural, "uid": uid});
+                if !r.group.is_empty() {
+                    d["group"] = json!(r.group);
+                }
+                json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                       "status": "Success", "details": d})
             }
-            let mut o = current.clone();
+        };
+        let mark = |o: &mut Value, grace: i64| {
             let until = SystemTime::now() + Duration::from_secs(grace.max(0) as u64);
             o["metadata"]["deletionTimestamp"] = json!(meta::rfc3339(until));
             o["metadata"]["deletionGracePeriodSeconds"] = json!(grace);
-            if bound && grace > 0 || finalizers {
-                return Ok(self.commit(r, key, o, "MODIFIED"));
+        };
+        if r.plural == "pods" {
+            let bound = current.pointer("/spec/nodeName").is_some();
+            let grace = if bound {
+                grace.unwrap_or_else(|| {
+                    current
+                        .pointer("/spec/terminationGracePeriodSeconds")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(30)
+                })
+            } else {
+                0
+            };
+            let mut o = current.clone();
+            match current
+                .pointer("/metadata/deletionGracePeriodSeconds")
+                .and_then(Value::as_i64)
+            {
+                Some(now) if grace >= now => return Ok(answer(current)),
+                Some(_) => mark(&mut o, grace),
+                None => {
+                    mark(&mut o, grace);
+                    let g = o["metadata"]["generation"].as_i64().unwrap_or(0);
+                    o["metadata"]["generation"] = json!(g + 1);
+                }
             }
+            let kind = if grace == 0 && !finalizers {
+                "DELETED"
+            } else {
+                "MODIFIED"
+            };
+            return Ok(answer(self.commit(r, key, o, kind)));
         }
-        Ok(self.commit(r, key, current, "DELETED"))
-    }
-
-    /// Removes pods whose grace period has ended.
-    pub fn expire(&mut self, pods: &Resource) {
-        let now = meta::now();
-        let due: Vec<(Key, Value)> = self
-            .objects
-            .iter()
-            .filter(|((p, _, _), o)| {
-                *p == "pods"
-                    && o.pointer("/metadata/deletionTimestamp")
-                        .and_then(Value::as_str)
-                        .is_some_and(|t| t <= now.as_str())
-                    && o.pointer("/metadata/finalizers")
-                        .and_then(Value::as_array)
-                        .is_none_or(|f| f.is_empty())
-            })
-            .map(|(k, o)| (k.clone(), o.clone()))
-            .collect();
-        for (k, o) in due {
-            self.commit(pods, k, o, "DELETED");
+        if finalizers {
+            if current.pointer("/metadata/deletionTimestamp").is_some() {
+                return Ok(answer(current));
+            }
+            let mut o = current;
+            mark(&mut o, 0);
+            return Ok(answer(self.commit(r, key, o, "MODIFIED")));
         }
+        Ok(answer(self.commit(r, key, current, "DELETED")))
     }
 
     /// POST pods/<name>/binding.
@@ -675,7 +816,7 @@ impl Store {
         let current = self.get(pods, ns, name)?;
         if let Some(n) = current.pointer("/spec/nodeName").and_then(Value::as_str) {
             return Err(ApiError::ConflictMsg {
-                res: pods.qualified(),
+                res: "pods/binding".into(),
                 name: name.into(),
                 msg: format!(
                     "Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} is already assigned to node \"{n}\""
@@ -727,7 +868,14 @@ impl Store {
 }
 
 /// A `<Kind>List` at resourceVersion `rv`.
-pub fn list_value(r: &Resource, items: Vec<Value>, rv: u64) -> Value {
+pub fn list_value(r: &Resource, mut items: Vec<Value>, rv: u64) -> Value {
+    // A typed list's items carry no apiVersion and kind.
+    for o in &mut items {
+        if let Some(m) = o.as_object_mut() {
+            m.remove("apiVersion");
+            m.remove("kind");
+        }
+    }
     json!({"kind": format!("{}List", r.kind), "apiVersion": r.api_version(),
            "metadata": {"resourceVersion": rv.to_string()}, "items": items})
 }

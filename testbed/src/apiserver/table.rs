@@ -31,47 +31,41 @@ fn age(o: &Value) -> String {
     }
 }
 
-/// Column names, their priority (1 = only with `-o wide`), and the cells
-/// for one object.
-fn columns(r: &Resource) -> Vec<(&'static str, u8)> {
-    match r.plural {
-        "pods" => vec![
-            ("Name", 0),
-            ("Ready", 0),
-            ("Status", 0),
-            ("Restarts", 0),
-            ("Age", 0),
-            ("IP", 1),
-            ("Node", 1),
-            ("Nominated Node", 1),
-            ("Readiness Gates", 1),
-        ],
-        "nodes" => vec![
-            ("Name", 0),
-            ("Status", 0),
-            ("Roles", 0),
-            ("Age", 0),
-            ("Version", 0),
-            ("Internal-IP", 1),
-            ("External-IP", 1),
-            ("OS-Image", 1),
-            ("Kernel-Version", 1),
-            ("Container-Runtime", 1),
-        ],
-        "services" => vec![
-            ("Name", 0),
-            ("Type", 0),
-            ("Cluster-IP", 0),
-            ("External-IP", 0),
-            ("Port(s)", 0),
-            ("Age", 0),
-            ("Selector", 1),
-        ],
-        "endpoints" => vec![("Name", 0), ("Endpoints", 0), ("Age", 0)],
-        "namespaces" => vec![("Name", 0), ("Status", 0), ("Age", 0)],
-        "leases" => vec![("Name", 0), ("Holder", 0), ("Age", 0)],
-        _ => vec![("Name", 0), ("Age", 0)],
+/// The real server's column definitions (descriptions and all), by
+/// resource.
+const COLUMNS: &str = include_str!("columns.json");
+
+fn columns(r: &Resource) -> Vec<Value> {
+    static C: std::sync::OnceLock<Value> = std::sync::OnceLock::new();
+    let all = C.get_or_init(|| serde_json::from_str(COLUMNS).unwrap_or(Value::Null));
+    all.get(r.plural)
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_else(|| {
+            vec![
+                json!({"name": "Name", "type": "string", "format": "name", "description": "", "priority": 0}),
+                json!({"name": "Age", "type": "string", "format": "", "description": "", "priority": 0}),
+            ]
+        })
+}
+
+/// "a,b,c", or the first three and " + N more...", as kubectl's printers
+/// shorten lists.
+fn first_three(items: &[String]) -> String {
+    if items.len() > 3 {
+        format!("{} + {} more...", items[..3].join(","), items.len() - 3)
+    } else {
+        items.join(",")
     }
+}
+
+fn selector_text(sel: Option<&Value>) -> String {
+    sel.and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("")))
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn cells(r: &Resource, o: &Value) -> Vec<Value> {
@@ -100,7 +94,7 @@ fn cells(r: &Resource, o: &Value) -> Vec<Value> {
                 json!(name),
                 json!(format!("{ready}/{total}")),
                 json!(status),
-                json!(restarts),
+                json!(restarts.to_string()),
                 json!(age(o)),
                 json!(or_none(s(o, "/status/podIP"))),
                 json!(or_none(s(o, "/spec/nodeName"))),
@@ -131,6 +125,15 @@ fn cells(r: &Resource, o: &Value) -> Vec<Value> {
                             .and_then(|a| a["address"].as_str().map(str::to_string))
                     })
             };
+            let (k, a) = (
+                s(o, "/status/nodeInfo/kernelVersion"),
+                s(o, "/status/nodeInfo/architecture"),
+            );
+            let kernel = if a.is_empty() {
+                k
+            } else {
+                format!("{k} ({a})")
+            };
             vec![
                 json!(name),
                 json!(status),
@@ -140,7 +143,7 @@ fn cells(r: &Resource, o: &Value) -> Vec<Value> {
                 json!(or_none(addr("InternalIP").unwrap_or_default())),
                 json!(or_none(addr("ExternalIP").unwrap_or_default())),
                 json!(s(o, "/status/nodeInfo/osImage")),
-                json!(s(o, "/status/nodeInfo/kernelVersion")),
+                json!(kernel),
                 json!(s(o, "/status/nodeInfo/containerRuntimeVersion")),
             ]
         }
@@ -183,7 +186,11 @@ fn cells(r: &Resource, o: &Value) -> Vec<Value> {
                     }
                 }
             }
-            vec![json!(name), json!(or_none(eps.join(","))), json!(age(o))]
+            vec![
+                json!(name),
+                json!(or_none(first_three(&eps))),
+                json!(age(o)),
+            ]
         }
         "namespaces" => vec![json!(name), json!(s(o, "/status/phase")), json!(age(o))],
         "leases" => vec![
@@ -191,6 +198,90 @@ fn cells(r: &Resource, o: &Value) -> Vec<Value> {
             json!(s(o, "/spec/holderIdentity")),
             json!(age(o)),
         ],
+        "endpointslices" => {
+            let ports: Vec<String> = o["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| p["port"].to_string())
+                .collect();
+            let addrs: Vec<String> = o["endpoints"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|e| e["addresses"].as_array().cloned().unwrap_or_default())
+                .filter_map(|a| a.as_str().map(str::to_string))
+                .collect();
+            let unset = |x: String| {
+                if x.is_empty() {
+                    "<unset>".to_string()
+                } else {
+                    x
+                }
+            };
+            vec![
+                json!(name),
+                json!(s(o, "/addressType")),
+                json!(unset(first_three(&ports))),
+                json!(unset(first_three(&addrs))),
+                json!(age(o)),
+            ]
+        }
+        "clusterroles" | "roles" => vec![json!(name), json!(s(o, "/metadata/creationTimestamp"))],
+        "clusterrolebindings" | "rolebindings" => {
+            let subjects = |kind: &str| {
+                o["subjects"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|x| x["kind"] == kind)
+                    .map(|x| {
+                        let n = x["name"].as_str().unwrap_or("");
+                        match x["namespace"].as_str() {
+                            Some(ns) if kind == "ServiceAccount" => format!("{ns}/{n}"),
+                            _ => n.to_string(),
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            vec![
+                json!(name),
+                json!(format!(
+                    "{}/{}",
+                    s(o, "/roleRef/kind"),
+                    s(o, "/roleRef/name")
+                )),
+                json!(age(o)),
+                json!(subjects("User")),
+                json!(subjects("Group")),
+                json!(subjects("ServiceAccount")),
+            ]
+        }
+        "replicasets" => {
+            let containers = o
+                .pointer("/spec/template/spec/containers")
+                .and_then(Value::as_array);
+            let list = |k: &str| {
+                containers
+                    .into_iter()
+                    .flatten()
+                    .map(|c| c[k].as_str().unwrap_or("").to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            let n = |p: &str| o.pointer(p).and_then(Value::as_i64).unwrap_or(0);
+            vec![
+                json!(name),
+                json!(n("/spec/replicas")),
+                json!(n("/status/replicas")),
+                json!(n("/status/readyReplicas")),
+                json!(age(o)),
+                json!(list("name")),
+                json!(list("image")),
+                json!(selector_text(o.pointer("/spec/selector/matchLabels"))),
+            ]
+        }
         _ => vec![json!(name), json!(age(o))],
     }
 }
@@ -203,13 +294,7 @@ pub fn wants_table(accept: &str) -> bool {
 }
 
 pub fn table(r: &Resource, items: &[Value], rv: u64) -> Value {
-    let defs: Vec<Value> = columns(r)
-        .into_iter()
-        .map(|(n, p)| {
-            json!({"name": n, "type": "string", "format": if n == "Name" { "name" } else { "" },
-                             "description": "", "priority": p})
-        })
-        .collect();
+    let defs = columns(r);
     let rows: Vec<Value> = items
         .iter()
         .map(|o| {
