@@ -837,6 +837,7 @@ async fn the_stand_in_answers_as_kube_apiserver_does() {
     pods(&mut d).await;
     services_and_endpoints(&mut d).await;
     rbac_and_watches(&mut d).await;
+    roles(&mut d).await;
     errors(&mut d).await;
     kubectl(&mut d).await;
 
@@ -911,6 +912,11 @@ async fn public_and_discovery(d: &mut Diff) {
             false,
         ),
         ("/apis/apps/v1", "apps/v1", true),
+        (
+            "/apis/authorization.k8s.io/v1",
+            "authorization.k8s.io/v1",
+            true,
+        ),
     ] {
         discovery_subset(d, &format!("discovery {name}"), path, "/resources", more).await;
     }
@@ -1936,6 +1942,7 @@ async fn rbac_and_watches(d: &mut Diff) {
         .go()
         .await;
     }
+    access_reviews(d, "without RBAC").await;
     let rbac = testbed::testdata::dir().join("../deploy/node-sync-rbac.yaml");
     for doc in yaml_docs(&rbac) {
         let (kind, plural) = match doc["kind"].as_str() {
@@ -1986,6 +1993,7 @@ async fn rbac_and_watches(d: &mut Diff) {
             .await;
         }
     }
+    access_reviews(d, "with RBAC").await;
     d.req(
         "the ClusterRole grants no get",
         "inajob",
@@ -2067,6 +2075,131 @@ async fn rbac_and_watches(d: &mut Diff) {
     d.req("a watch of one namespace's Services with a selector", "admin", "GET",
         "/api/v1/namespaces/default/services?watch=true&labelSelector=none%3Dsuch&resourceVersion=${rv-services}&timeoutSeconds=1")
         .watch()
+        .go()
+        .await;
+}
+
+/// A Role and RoleBinding: RBAC grants what the Node authorizer refuses,
+/// in one namespace only.
+async fn roles(d: &mut Diff) {
+    let rbac = "/apis/rbac.authorization.k8s.io/v1/namespaces/default";
+    d.req("admin: a Role", "admin", "POST", &format!("{rbac}/roles"))
+        .json(
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "pod-reader"},
+            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]}]}),
+        )
+        .expect(201)
+        .go()
+        .await;
+    d.req("admin: a RoleBinding", "admin", "POST", &format!("{rbac}/rolebindings"))
+        .json(json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "yuanying-reads-pods"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pod-reader"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "system:node:yuanying"}]}))
+        .expect(201)
+        .go()
+        .await;
+    d.req(
+        "a RoleBinding lets a node list Pods",
+        "yuanying",
+        "GET",
+        "/api/v1/namespaces/default/pods",
+    )
+    .settle(403)
+    .expect(200)
+    .go()
+    .await;
+    d.req(
+        "in its namespace only",
+        "yuanying",
+        "GET",
+        "/api/v1/namespaces/nosa/pods",
+    )
+    .expect(403)
+    .go()
+    .await;
+    d.req(
+        "and not for another node",
+        "inajob",
+        "GET",
+        "/api/v1/namespaces/default/pods",
+    )
+    .expect(403)
+    .go()
+    .await;
+    d.req("may it, says the review", "yuanying", "POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews")
+        .json(json!({"spec": {"resourceAttributes": {"verb": "list", "resource": "pods", "namespace": "default"}}}))
+        .expect(201)
+        .go()
+        .await;
+}
+
+/// node-sync's SelfSubjectAccessReviews (access.rs): may this node list
+/// and watch what it needs? Plus the questions around them.
+async fn access_reviews(d: &mut Diff, when: &str) {
+    let ssar = "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews";
+    let ask = |verb: &str, group: &str, resource: &str| {
+        json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+               "spec": {"resourceAttributes": {"verb": verb, "group": group, "resource": resource}}})
+    };
+    for (group, resource) in [
+        ("", "nodes"),
+        ("", "services"),
+        ("", "endpoints"),
+        ("discovery.k8s.io", "endpointslices"),
+    ] {
+        for verb in ["list", "watch"] {
+            d.req(
+                &format!("node-sync: may it {verb} {resource} ({when})"),
+                "inajob",
+                "POST",
+                ssar,
+            )
+            .agent(NODE_SYNC)
+            .json(ask(verb, group, resource))
+            .expect(201)
+            .go()
+            .await;
+        }
+    }
+    if when != "without RBAC" {
+        return;
+    }
+    d.req("may a node get Nodes (no name)", "inajob", "POST", ssar)
+        .json(ask("get", "", "nodes"))
+        .expect(201)
+        .go()
+        .await;
+    d.req("may a node list Pods in a namespace", "inajob", "POST", ssar)
+        .json(json!({"spec": {"resourceAttributes": {"verb": "list", "resource": "pods", "namespace": "default"}}}))
+        .expect(201)
+        .go()
+        .await;
+    d.req("may a node list its own Pods", "inajob", "POST", ssar)
+        .json(
+            json!({"spec": {"resourceAttributes": {"verb": "list", "resource": "pods",
+            "fieldSelector": {"rawSelector": "spec.nodeName=inajob"}}}}),
+        )
+        .expect(201)
+        .go()
+        .await;
+    d.req("may a node renew its Lease", "inajob", "POST", ssar)
+        .json(
+            json!({"spec": {"resourceAttributes": {"verb": "update", "group": "coordination.k8s.io",
+            "resource": "leases", "namespace": "kube-node-lease", "name": "inajob"}}}),
+        )
+        .expect(201)
+        .go()
+        .await;
+    d.req("may the admin list Services", "admin", "POST", ssar)
+        .json(ask("list", "", "services"))
+        .expect(201)
+        .go()
+        .await;
+    d.req("may the anonymous ask", "anonymous", "POST", ssar)
+        .json(ask("list", "", "services"))
+        .expect(403)
         .go()
         .await;
 }

@@ -19,7 +19,11 @@ use crate::pki::Identity;
 /// A request as the authorizers see it.
 pub struct Request<'a> {
     pub verb: &'a str,
-    pub resource: &'a Resource,
+    /// "" for the core group.
+    pub group: &'a str,
+    /// The resource's plural, known to the stand-in or not (a
+    /// SelfSubjectAccessReview may ask of any).
+    pub plural: &'a str,
     pub subresource: Option<&'a str>,
     pub namespace: &'a str,
     pub name: &'a str,
@@ -66,41 +70,45 @@ pub fn authorize_path(who: &Identity, path: &str) -> Result<(), ApiError> {
     })
 }
 
-fn details(r: &Resource, name: &str) -> Value {
-    let mut d = json!({"kind": r.plural});
+fn details(group: &str, plural: &str, name: &str) -> Value {
+    let mut d = json!({"kind": plural});
     if !name.is_empty() {
         d["name"] = json!(name);
     }
-    if !r.group.is_empty() {
-        d["group"] = json!(r.group);
+    if !group.is_empty() {
+        d["group"] = json!(group);
     }
     d
 }
 
-fn subject(r: &Resource, name: &str) -> String {
-    if name.is_empty() {
-        r.qualified()
+fn subject(group: &str, plural: &str, name: &str) -> String {
+    let q = if group.is_empty() {
+        plural.to_string()
     } else {
-        format!("{} \"{name}\"", r.qualified())
+        format!("{plural}.{group}")
+    };
+    if name.is_empty() {
+        q
+    } else {
+        format!("{q} \"{name}\"")
     }
 }
 
 /// An admission plugin's refusal.
 pub fn refused(r: &Resource, name: &str, msg: &str) -> ApiError {
     ApiError::Forbidden {
-        msg: format!("{} is forbidden: {msg}", subject(r, name)),
-        details: details(r, name),
+        msg: format!("{} is forbidden: {msg}", subject(r.group, r.plural, name)),
+        details: details(r.group, r.plural, name),
     }
 }
 
 fn forbidden(who: &Identity, req: &Request<'_>, reason: &str) -> ApiError {
-    let r = req.resource;
     let res = match req.subresource {
-        Some(s) => format!("{}/{s}", r.plural),
-        None => r.plural.to_string(),
+        Some(s) => format!("{}/{s}", req.plural),
+        None => req.plural.to_string(),
     };
     // A namespace is its own namespace in the request's attributes.
-    let ns = if r.plural == "namespaces" {
+    let ns = if req.group.is_empty() && req.plural == "namespaces" {
         req.name
     } else {
         req.namespace
@@ -112,10 +120,10 @@ fn forbidden(who: &Identity, req: &Request<'_>, reason: &str) -> ApiError {
     };
     let mut msg = format!(
         "{} is forbidden: User \"{}\" cannot {} resource \"{res}\" in API group \"{}\" {scope}",
-        subject(r, req.name),
+        subject(req.group, req.plural, req.name),
         who.user,
         req.verb,
-        r.group
+        req.group
     );
     if !reason.is_empty() {
         msg.push_str(": ");
@@ -123,7 +131,7 @@ fn forbidden(who: &Identity, req: &Request<'_>, reason: &str) -> ApiError {
     }
     ApiError::Forbidden {
         msg,
-        details: details(r, req.name),
+        details: details(req.group, req.plural, req.name),
     }
 }
 
@@ -162,16 +170,15 @@ const NODE_RULES: &[(&str, &[&str], &[&str])] = &[
 
 fn node_rules_allow(req: &Request<'_>) -> bool {
     let res = match req.subresource {
-        Some(s) => format!("{}/{s}", req.resource.plural),
-        None => req.resource.plural.to_string(),
+        Some(s) => format!("{}/{s}", req.plural),
+        None => req.plural.to_string(),
     };
-    NODE_RULES.iter().any(|(g, rs, vs)| {
-        *g == req.resource.group && rs.contains(&res.as_str()) && vs.contains(&req.verb)
-    })
+    NODE_RULES
+        .iter()
+        .any(|(g, rs, vs)| *g == req.group && rs.contains(&res.as_str()) && vs.contains(&req.verb))
 }
 
 fn node_authorizer(node: &str, req: &Request<'_>, store: &Store) -> Decision {
-    let r = req.resource;
     let rules = |req: &Request<'_>| {
         if node_rules_allow(req) {
             Decision::Allow
@@ -179,8 +186,11 @@ fn node_authorizer(node: &str, req: &Request<'_>, store: &Store) -> Decision {
             Decision::NoOpinion(String::new())
         }
     };
-    match (r.group, r.plural) {
+    match (req.group, req.plural) {
         ("", "nodes") if req.subresource.is_none() => match req.verb {
+            "get" if req.name.is_empty() => Decision::NoOpinion(format!(
+                "node '{node}' cannot read all nodes, only its own Node object"
+            )),
             "get" if req.name != node => Decision::NoOpinion(format!(
                 "node '{node}' cannot read '{}', only its own Node object",
                 req.name
@@ -192,9 +202,8 @@ fn node_authorizer(node: &str, req: &Request<'_>, store: &Store) -> Decision {
         },
         ("", "pods") if req.subresource.is_none() => match req.verb {
             "get" => {
-                let bound = store
-                    .get(r, req.namespace, req.name)
-                    .ok()
+                let bound = Resource::find("", "v1", "pods")
+                    .and_then(|r| store.get(r, req.namespace, req.name).ok())
                     .and_then(|p| p.pointer("/spec/nodeName").cloned())
                     == Some(json!(node));
                 if bound {
@@ -242,56 +251,69 @@ fn strs(v: &Value) -> Vec<&str> {
 fn rule_allows(rule: &Value, req: &Request<'_>) -> bool {
     let any = |list: Vec<&str>, x: &str| list.iter().any(|v| *v == "*" || *v == x);
     let res = match req.subresource {
-        Some(s) => format!("{}/{s}", req.resource.plural),
-        None => req.resource.plural.to_string(),
+        Some(s) => format!("{}/{s}", req.plural),
+        None => req.plural.to_string(),
     };
     let names = strs(&rule["resourceNames"]);
     any(strs(&rule["verbs"]), req.verb)
-        && any(strs(&rule["apiGroups"]), req.resource.group)
+        && any(strs(&rule["apiGroups"]), req.group)
         && strs(&rule["resources"]).iter().any(|r| {
             *r == "*"
                 || *r == res
-                || (req.subresource.is_some() && *r == format!("{}/*", req.resource.plural))
+                || (req.subresource.is_some() && *r == format!("{}/*", req.plural))
         })
         && (names.is_empty() || names.contains(&req.name))
 }
 
-fn bound(binding: &Value, who: &Identity, groups: &[String]) -> bool {
+/// The subject of `binding` that names this identity, as RBAC's reason
+/// says it (`Group "system:nodes"`).
+fn bound(binding: &Value, who: &Identity, groups: &[String]) -> Option<String> {
     binding["subjects"]
         .as_array()
         .into_iter()
         .flatten()
-        .any(|s| {
+        .find_map(|s| {
             let name = s["name"].as_str().unwrap_or("");
-            match s["kind"].as_str() {
+            let ns = s["namespace"].as_str().unwrap_or("");
+            let hit = match s["kind"].as_str() {
                 Some("User") => name == who.user,
                 Some("Group") => groups.iter().any(|g| g == name),
-                Some("ServiceAccount") => {
-                    who.user
-                        == format!(
-                            "system:serviceaccount:{}:{name}",
-                            s["namespace"].as_str().unwrap_or("")
-                        )
-                }
+                Some("ServiceAccount") => who.user == format!("system:serviceaccount:{ns}:{name}"),
                 _ => false,
-            }
+            };
+            hit.then(|| match s["kind"].as_str() {
+                Some("ServiceAccount") => format!("ServiceAccount \"{name}/{ns}\""),
+                Some(k) => format!("{k} \"{name}\""),
+                None => String::new(),
+            })
         })
 }
 
-fn rbac_allows(who: &Identity, req: &Request<'_>, store: &Store) -> bool {
+/// RBAC's decision: `Some(reason)` when allowed ("" for system:masters
+/// and the bootstrap grants, whose reasons no client of ours reads).
+fn rbac_allows(who: &Identity, req: &Request<'_>, store: &Store) -> Option<String> {
     let g = groups(who);
     if g.iter().any(|g| g == "system:masters") {
-        return true;
+        return Some(String::new());
+    }
+    // system:basic-user: anyone authenticated may ask what it may do.
+    if g.iter().any(|g| g == "system:authenticated")
+        && req.group == "authorization.k8s.io"
+        && matches!(
+            req.plural,
+            "selfsubjectaccessreviews" | "selfsubjectrulesreviews"
+        )
+        && req.verb == "create"
+    {
+        return Some(String::new());
     }
     let find = |plural: &str| Resource::find("rbac.authorization.k8s.io", "v1", plural);
-    let (Some(cr), Some(crb), Some(role), Some(rb)) = (
-        find("clusterroles"),
-        find("clusterrolebindings"),
-        find("roles"),
-        find("rolebindings"),
-    ) else {
-        return false;
-    };
+    let (cr, crb, role, rb) = (
+        find("clusterroles")?,
+        find("clusterrolebindings")?,
+        find("roles")?,
+        find("rolebindings")?,
+    );
     let rules_of = |r: &Resource, ns: &str, name: &str| -> Vec<Value> {
         store
             .get(r, ns, name)
@@ -299,44 +321,105 @@ fn rbac_allows(who: &Identity, req: &Request<'_>, store: &Store) -> bool {
             .and_then(|o| o["rules"].as_array().cloned())
             .unwrap_or_default()
     };
-    let everywhere = store.all(crb);
-    let here = if req.namespace.is_empty() {
-        Vec::new()
-    } else {
-        store
-            .all(rb)
-            .into_iter()
-            .filter(|b| b.pointer("/metadata/namespace") == Some(&json!(req.namespace)))
-            .collect()
-    };
-    everywhere
-        .iter()
-        .filter(|b| bound(b, who, &g))
-        .flat_map(|b| rules_of(cr, "", b["roleRef"]["name"].as_str().unwrap_or("")))
-        .chain(here.iter().filter(|b| bound(b, who, &g)).flat_map(|b| {
-            let name = b["roleRef"]["name"].as_str().unwrap_or("");
-            if b["roleRef"]["kind"] == "ClusterRole" {
-                rules_of(cr, "", name)
-            } else {
-                rules_of(role, req.namespace, name)
-            }
-        }))
-        .any(|rule| rule_allows(&rule, req))
+    for b in store.all(crb) {
+        let Some(subject) = bound(&b, who, &g) else {
+            continue;
+        };
+        let role_name = b["roleRef"]["name"].as_str().unwrap_or("");
+        if rules_of(cr, "", role_name)
+            .iter()
+            .any(|rule| rule_allows(rule, req))
+        {
+            return Some(format!(
+                "RBAC: allowed by ClusterRoleBinding \"{}\" of ClusterRole \"{role_name}\" to {subject}",
+                b["metadata"]["name"].as_str().unwrap_or("")
+            ));
+        }
+    }
+    if req.namespace.is_empty() {
+        return None;
+    }
+    for b in store.all(rb) {
+        if b.pointer("/metadata/namespace") != Some(&json!(req.namespace)) {
+            continue;
+        }
+        let Some(subject) = bound(&b, who, &g) else {
+            continue;
+        };
+        let role_name = b["roleRef"]["name"].as_str().unwrap_or("");
+        let role_kind = b["roleRef"]["kind"].as_str().unwrap_or("Role");
+        let rules = if role_kind == "ClusterRole" {
+            rules_of(cr, "", role_name)
+        } else {
+            rules_of(role, req.namespace, role_name)
+        };
+        if rules.iter().any(|rule| rule_allows(rule, req)) {
+            return Some(format!(
+                "RBAC: allowed by RoleBinding \"{}/{}\" of {role_kind} \"{role_name}\" to {subject}",
+                b["metadata"]["name"].as_str().unwrap_or(""),
+                req.namespace
+            ));
+        }
+    }
+    None
 }
 
-/// The authorizers, in the real server's order: Node, then RBAC.
-pub fn authorize(who: &Identity, req: &Request<'_>, store: &Store) -> Result<(), ApiError> {
+/// The authorizers, in the real server's order: Node, then RBAC. `Ok`
+/// carries the allowing reason, `Err` the Node authorizer's ("" when
+/// there is none).
+pub fn decide(who: &Identity, req: &Request<'_>, store: &Store) -> Result<String, String> {
     let mut reason = String::new();
     if let Some(node) = node_name(who) {
         match node_authorizer(node, req, store) {
-            Decision::Allow => return Ok(()),
+            Decision::Allow => return Ok(String::new()),
             Decision::NoOpinion(r) => reason = r,
         }
     }
-    if rbac_allows(who, req, store) {
-        return Ok(());
+    rbac_allows(who, req, store).ok_or(reason)
+}
+
+pub fn authorize(who: &Identity, req: &Request<'_>, store: &Store) -> Result<(), ApiError> {
+    decide(who, req, store)
+        .map(drop)
+        .map_err(|reason| forbidden(who, req, &reason))
+}
+
+/// A SelfSubjectAccessReview: the question echoed (empty fields
+/// dropped) and the answer, as the real server gives them.
+pub fn review(who: &Identity, body: &Value, store: &Store) -> Value {
+    let mut attrs = body
+        .pointer("/spec/resourceAttributes")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    if let Some(m) = attrs.as_object_mut() {
+        m.retain(|_, v| !(v.is_null() || v == "" || v == &json!({})));
     }
-    Err(forbidden(who, req, &reason))
+    let get = |k: &str| attrs.get(k).and_then(Value::as_str).unwrap_or("");
+    let fields = FieldSelector::parse(
+        attrs
+            .pointer("/fieldSelector/rawSelector")
+            .and_then(Value::as_str)
+            .unwrap_or(""),
+    )
+    .unwrap_or_default();
+    let sub = get("subresource");
+    let req = Request {
+        verb: get("verb"),
+        group: get("group"),
+        plural: get("resource"),
+        subresource: (!sub.is_empty()).then_some(sub),
+        namespace: get("namespace"),
+        name: get("name"),
+        fields: &fields,
+    };
+    let status = match decide(who, &req, store) {
+        Ok(reason) if reason.is_empty() => json!({"allowed": true}),
+        Ok(reason) => json!({"allowed": true, "reason": reason}),
+        Err(reason) if reason.is_empty() => json!({"allowed": false}),
+        Err(reason) => json!({"allowed": false, "reason": reason}),
+    };
+    json!({"kind": "SelfSubjectAccessReview", "apiVersion": "authorization.k8s.io/v1",
+           "metadata": {}, "spec": {"resourceAttributes": attrs}, "status": status})
 }
 
 /// NodeRestriction: what a node may write, once authorized. `existing` is
@@ -350,7 +433,9 @@ pub fn admit(
     let Some(node) = node_name(who) else {
         return Ok(());
     };
-    let r = req.resource;
+    let Some(r) = Resource::find(req.group, "v1", req.plural) else {
+        return Ok(());
+    };
     let bound_here =
         |o: Option<&Value>| o.and_then(|p| p.pointer("/spec/nodeName")) == Some(&json!(node));
     match (r.group, r.plural, req.verb) {

@@ -153,6 +153,17 @@ pub const RESOURCES: &[Resource] = &[
         generation: false,
     },
     Resource {
+        group: "authorization.k8s.io",
+        version: "v1",
+        plural: "selfsubjectaccessreviews",
+        singular: "selfsubjectaccessreview",
+        kind: "SelfSubjectAccessReview",
+        namespaced: false,
+        status: false,
+        short: &[],
+        generation: false,
+    },
+    Resource {
         group: "apps",
         version: "v1",
         plural: "replicasets",

@@ -368,7 +368,8 @@ async fn dispatch(
     // admission sees the object's.
     let mut areq = auth::Request {
         verb,
-        resource: r,
+        group: r.group,
+        plural: r.plural,
         subresource: sub,
         namespace: ns,
         name: &t.name,
@@ -376,6 +377,15 @@ async fn dispatch(
     };
     auth::authorize(who, &areq, &*lock(state)?)?;
     areq.name = &name;
+    if r.plural == "selfsubjectaccessreviews" {
+        if verb != "create" {
+            return Err(ApiError::MethodNotAllowed);
+        }
+        return Ok(json_response(
+            201,
+            &auth::review(who, &body, &*lock(state)?),
+        ));
+    }
     let patch_type = || match ctype.as_deref() {
         Some("application/merge-patch+json") => Ok(PatchType::Merge),
         Some("application/json-patch+json") => Ok(PatchType::Json),
