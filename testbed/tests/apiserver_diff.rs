@@ -2311,14 +2311,28 @@ async fn errors(d: &mut Diff) {
     .go()
     .await;
     d.req(
+        "deletecollection by label",
+        "admin",
+        "DELETE",
+        "/api/v1/namespaces/default/pods?labelSelector=app%3Dweb",
+    )
+    .json(json!({}))
+    .expect(200)
+    .go()
+    .await;
+    d.req(
         "deletecollection",
         "admin",
         "DELETE",
         "/api/v1/namespaces/nosa/pods",
     )
-    .allow("", "the stand-in has no deletecollection")
+    .expect(200)
     .go()
     .await;
+    d.req("the Pods left", "admin", "GET", "/api/v1/pods")
+        .expect(200)
+        .go()
+        .await;
 }
 
 async fn kubectl(d: &mut Diff) {

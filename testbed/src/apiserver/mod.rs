@@ -2,8 +2,10 @@
 //! certificates on loopback, the resources pod-runner and node-sync use,
 //! and the semantics they rely on (resourceVersion, list+watch, selectors,
 //! status subresources, strategic merge patch, bindings, graceful pod
-//! deletion, Status errors, discovery). See `docs/apiserver.md` for what
-//! it does differently from the real server.
+//! deletion, Status errors, discovery), with the real server's Node and
+//! RBAC authorizers, NodeRestriction and default admission.
+//! `tests/apiserver_diff.rs` compares it with kube-apiserver;
+//! `docs/apiserver.md` says what it still does differently, and why.
 
 mod admission;
 mod auth;

@@ -347,11 +347,15 @@ async fn dispatch(
         (&Method::PUT, false, _) => "update",
         (&Method::PATCH, false, _) => "patch",
         (&Method::DELETE, false, _) => "delete",
+        (&Method::DELETE, true, None) => "deletecollection",
         _ => return Err(ApiError::MethodNotAllowed),
     };
     let fields = FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or(""))?;
     // A create names its object in the body; authorization needs the name.
-    let (body, ctype) = if matches!(verb, "create" | "update" | "patch" | "delete") {
+    let (body, ctype) = if matches!(
+        verb,
+        "create" | "update" | "patch" | "delete" | "deletecollection"
+    ) {
         read_json(req).await?
     } else {
         (Value::Null, None)
@@ -473,6 +477,33 @@ async fn dispatch(
             let o = s.patch(r, ns, &t.name, kind, body, sub == Some("status"))?;
             save(state, &s);
             Ok(json_response(200, &o))
+        }
+        "deletecollection" => {
+            // Each match deleted as a DELETE would; the answer lists them as
+            // they were before.
+            let labels =
+                LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or(""))?;
+            let grace = body.get("gracePeriodSeconds").and_then(Value::as_i64).or(q
+                .get("gracePeriodSeconds")
+                .and_then(|g| g.parse::<i64>().ok()));
+            let mut s = lock(state)?;
+            let items = s.list(r, (!ns.is_empty()).then_some(ns), &labels, &fields);
+            for o in &items {
+                let name = o
+                    .pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                let ns = o
+                    .pointer("/metadata/namespace")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                s.delete(r, ns, name, grace, None)?;
+            }
+            save(state, &s);
+            Ok(json_response(
+                200,
+                &store::list_value(r, items, s.resource_version()),
+            ))
         }
         "delete" => {
             let grace_q = q
