@@ -1233,6 +1233,24 @@ async fn node_registration(d: &mut Diff) {
     .expect(404)
     .go()
     .await;
+    // A Node made with its status, as the testdata Nodes are.
+    d.req("admin: a Node with a status", "admin", "POST", "/api/v1/nodes")
+        .json(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "fourth"},
+            "spec": {"podCIDR": "10.244.4.0/24", "taints": [{"key": "x", "value": "y", "effect": "NoExecute"}]},
+            "status": {"addresses": [{"type": "InternalIP", "address": "192.168.43.114"}],
+                "capacity": {"cpu": "4000m"}}}))
+        .expect(201)
+        .go()
+        .await;
+    d.req(
+        "admin: delete it",
+        "admin",
+        "DELETE",
+        "/api/v1/nodes/fourth",
+    )
+    .expect(200)
+    .go()
+    .await;
     // The testdata Nodes, through kube-rs as testbed::kubectl::apply
     // does: create, 409, replace.
     for n in yaml_docs(&testbed::testdata::dir().join("nodes.yaml")) {

@@ -113,6 +113,12 @@ pub fn node(o: &mut Value) {
     let st = &mut o["status"];
     canonical_map(st.get_mut("capacity"));
     canonical_map(st.get_mut("allocatable"));
+    // What can be given is what there is, unless said otherwise.
+    if st.get("allocatable").is_none()
+        && let Some(c) = st.get("capacity").cloned()
+    {
+        st["allocatable"] = c;
+    }
     default_fields(
         st,
         &[("daemonEndpoints", json!({"kubeletEndpoint": {"Port": 0}}))],
