@@ -1,7 +1,8 @@
 //! node-sync's routes reconciler with 1,000 other Nodes in the API: cold
 //! start, single Node changes, peak memory.
 //!
-//! The node is node-sync's e2e test's: the API server stand-in, node
+//! The node is node-sync's e2e test's: the API server stand-in (with
+//! `deploy/node-sync-rbac.yaml` applied, as on a real cluster), node
 //! inajob (192.168.43.111) on a LAN netns, a relay so the node reaches the
 //! API on its own 127.0.0.1, the node's kubeconfig. Before node-sync
 //! starts, `--nodes` other Nodes are created through the admin kubeconfig
@@ -668,7 +669,7 @@ impl Env {
             .enable_all()
             .build()
             .context("starting a tokio runtime")?;
-        Ok(Env {
+        let env = Env {
             agent: None,
             monitor: None,
             _relay: relay,
@@ -676,7 +677,18 @@ impl Env {
             cluster,
             dir,
             rt,
-        })
+        };
+        // The node identity lists every Node, Service and EndpointSlice
+        // only with the RBAC an operator applies (the stand-in, like the
+        // real server, refuses it otherwise).
+        let rbac = testbed::testdata::dir().join("../deploy/node-sync-rbac.yaml");
+        let text = std::fs::read_to_string(&rbac)
+            .with_context(|| format!("reading {}", rbac.display()))?;
+        let admin = env.admin()?;
+        env.rt
+            .block_on(testbed::kubectl::apply(&admin, &text))
+            .context("applying node-sync's RBAC")?;
+        Ok(env)
     }
 
     /// The node's netns.
