@@ -2,13 +2,17 @@
 # pod-runner's pod startup (create to Running, image present) and delete
 # against a shell baseline doing the tutorial's steps with ctr and the
 # reference plugins (bench/baseline-pod.sh), pod by pod in one run, on one
-# emulated node that this run creates and removes; prints a table of
-# ratios and a RESULT line. Extra arguments go to cni-bench (e.g. --runs 5
-# for a quick look). Run as root.
+# emulated node that this run creates and removes, against a real control
+# plane (etcd and kube-apiserver from KUBEBUILDER_ASSETS, the node's own
+# identity for both sides); prints a table of ratios and a RESULT line.
+# Extra arguments go to cni-bench (e.g. --runs 5 for a quick look). Run as
+# root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ./scripts/deps.sh
+KUBEBUILDER_ASSETS=$(./scripts/k8s-assets.sh)
+export KUBEBUILDER_ASSETS
 bins=$(./scripts/build-plugins.sh -p pod-runner -p testbed)
 # The release profile aborts on panic; the testbed's setup panics on a
 # failed step, and only unwinding runs the drops that stop containerd and

@@ -2,18 +2,22 @@
 //! tutorial's steps by hand (bench/baseline-pod.sh: curl, `ip netns`, the
 //! reference CNI plugins, `ctr run`), on one emulated node, in one run.
 //!
-//! The node is the pod-runner e2e test's: the API server stand-in, node
-//! inajob (192.168.43.111) on a LAN netns, a relay so the node reaches the
-//! API on its own 127.0.0.1, a private containerd started in the node
+//! The node is the pod-runner e2e test's: a real control plane (etcd and
+//! kube-apiserver with TLS, Node,RBAC authorization and NodeRestriction,
+//! from `KUBEBUILDER_ASSETS`), node inajob (192.168.43.111) on a LAN
+//! netns, registered with its own identity, a relay so the node reaches
+//! the API on its own 127.0.0.1, a private containerd started in the node
 //! netns, the pause and web images imported (into containerd namespace
-//! `testbed` for pod-runner, `baseline` for the script). For each pod a
-//! Pod from testdata/pod-web-002.yaml is created and bound to inajob
-//! (untimed); then the timed part runs: from launching `pod-runner create`
-//! (or the script) on the node until it exits successfully, having
-//! patched the pod Running. The phase, the node-side state and an HTTP
-//! answer from the pod are checked (untimed), then the pod is deleted on
-//! the node (timed separately) and in the API (untimed). The two sides
-//! take turns pod by pod, so both see the same machine load.
+//! `testbed` for pod-runner, `baseline` for the script). Both sides talk
+//! to the API as the node, `system:node:inajob`. For each pod a Pod from
+//! testdata/pod-web-002.yaml is created by the admin and bound to inajob
+//! (untimed, until the node may read it); then the timed part runs: from
+//! launching `pod-runner create` (or the script) on the node until it
+//! exits successfully, having patched the pod Running. The phase, the
+//! node-side state and an HTTP answer from the pod are checked (untimed),
+//! then the pod is deleted on the node (timed separately) and in the API
+//! (untimed). The two sides take turns pod by pod, so both see the same
+//! machine load.
 //!
 //! Target: our median <= 500 ms and <= 0.5x the baseline's.
 
@@ -24,16 +28,16 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node as NodeObject, Pod};
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use serde_json::{Value, json};
 use testbed::Netns;
 use testbed::api::Apiserver;
-use testbed::apiserver::ApiServer;
 use testbed::cluster::{Cluster, INAJOB};
 use testbed::containerd::Containerd;
+use testbed::controlplane::ControlPlane;
 use testbed::relay::Relay;
 
 use crate::stats::{mean, median, ms, percentile, ratio};
@@ -143,11 +147,11 @@ fn on_path(tool: &str) -> bool {
 }
 
 /// The emulated node and everything on it. Fields drop in order: the
-/// relay and the API server, then containerd (its tasks and shims), then
-/// the netns, then the directories.
+/// relay and the control plane, then containerd (its tasks and shims),
+/// then the netns, then the directories.
 struct Node {
     _relay: Relay,
-    _server: ApiServer,
+    server: ControlPlane,
     ctrd: Containerd,
     cluster: Cluster,
     dir: tempfile::TempDir,
@@ -232,14 +236,16 @@ impl Node {
             .context("writing the loopback config")?;
 
         let ctrd = Containerd::start(state.path(), Some(ns), &bin);
-        let server = ApiServer::start(0, None).map_err(|e| anyhow!("API server: {e}"))?;
+        let server = ControlPlane::start(&testbed::controlplane::Options::default())
+            .map_err(|e| anyhow!("control plane: {e}"))?;
         server
             .write_kubeconfigs(p, &[NODE.0])
             .map_err(|e| anyhow!("kubeconfigs: {e}"))?;
+        register_node(&p.join(format!("{}.kubeconfig", NODE.0)))?;
         let relay = Relay::start(ns, server.port()).context("relay to the API server")?;
         let node = Node {
             _relay: relay,
-            _server: server,
+            server,
             ctrd,
             cluster,
             dir,
@@ -421,23 +427,53 @@ impl Node {
     }
 }
 
-/// The Pods in the API server, through the admin's kubeconfig.
+async fn client(kubeconfig: &Path) -> Result<Client> {
+    let kc = Kubeconfig::read_from(kubeconfig)
+        .with_context(|| format!("reading {}", kubeconfig.display()))?;
+    let cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
+    Ok(Client::try_from(cfg)?)
+}
+
+/// The Node object, made with the node's own identity and its InternalIP,
+/// as the kubelet registers (both sides get `--node-ip`, so neither reads
+/// it; a real node has it).
+fn register_node(kubeconfig: &Path) -> Result<()> {
+    let node: NodeObject = serde_json::from_value(json!({
+        "metadata": {"name": NODE.0, "labels": {"kubernetes.io/hostname": NODE.0}},
+        "status": {"addresses": [{"type": "InternalIP", "address": NODE.1.to_string()},
+                                 {"type": "Hostname", "address": NODE.0}]}
+    }))
+    .context("the Node object")?;
+    testbed::kubectl::blocking(async {
+        let nodes: Api<NodeObject> = Api::all(client(kubeconfig).await?);
+        nodes
+            .create(&PostParams::default(), &node)
+            .await
+            .with_context(|| format!("registering node {}", NODE.0))?;
+        anyhow::Ok(())
+    })
+}
+
+/// The Pods in the API server, through the admin's kubeconfig; the node's
+/// own view of them, to wait for a binding to reach the node authorizer.
 struct Pods {
     rt: tokio::runtime::Runtime,
     api: Api<Pod>,
+    node_api: Api<Pod>,
     template: Pod,
 }
 
 impl Pods {
-    fn new(kubeconfig: &Path) -> Result<Pods> {
+    fn new(admin: &Path, node: &Path) -> Result<Pods> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .context("starting a tokio runtime")?;
-        let kc = Kubeconfig::read_from(kubeconfig).context("reading the admin kubeconfig")?;
-        let api = rt.block_on(async {
-            let cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
-            anyhow::Ok(Api::namespaced(Client::try_from(cfg)?, "default"))
+        let (api, node_api) = rt.block_on(async {
+            anyhow::Ok((
+                Api::namespaced(client(admin).await?, "default"),
+                Api::namespaced(client(node).await?, "default"),
+            ))
         })?;
         let mut template: Pod = testbed::testdata::load_one(POD_FILE);
         // "Image present": no registry round trip. `:latest` would
@@ -447,7 +483,12 @@ impl Pods {
                 c.image_pull_policy = Some("IfNotPresent".into());
             }
         }
-        Ok(Pods { rt, api, template })
+        Ok(Pods {
+            rt,
+            api,
+            node_api,
+            template,
+        })
     }
 
     /// Creates the testdata pod as `name` and, as the scheduler does, binds
@@ -468,6 +509,24 @@ impl Pods {
                 .create_subresource("binding", name, &PostParams::default(), &binding)
                 .await
                 .with_context(|| format!("binding pod {name}"))?;
+            // The Node authorizer learns of the binding through a watch, a
+            // moment later; a kubelet acts only once its own watch shows
+            // the pod, so neither side is timed from before that.
+            let t = Instant::now();
+            loop {
+                match self.node_api.get_opt(name).await {
+                    Ok(Some(_)) => break,
+                    Err(kube::Error::Api(e)) if e.code == 403 => {}
+                    Ok(None) => bail!("pod {name} vanished"),
+                    Err(e) => return Err(e).with_context(|| format!("node reading pod {name}")),
+                }
+                ensure!(
+                    t.elapsed() < Duration::from_secs(10),
+                    "node {} never got to read pod {name}",
+                    NODE.0
+                );
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
             made.metadata
                 .uid
                 .with_context(|| format!("pod {name} has no UID"))
@@ -484,7 +543,8 @@ impl Pods {
         Ok((st.phase.unwrap_or_default(), st.pod_ip.unwrap_or_default()))
     }
 
-    /// Deletes the API object now (grace 0), as a kubelet's final delete.
+    /// Deletes the API object now (grace 0, by the admin: the baseline's
+    /// pods are still Running there and would wait for a kubelet).
     fn remove(&self, name: &str) -> Result<()> {
         let params = DeleteParams {
             grace_period_seconds: Some(0),
@@ -657,7 +717,10 @@ pub fn run(o: &Options) -> Result<()> {
     };
     let load_before = loadavg();
     let mut uids = Vec::new();
-    let result = Node::new(o).and_then(|node| measure(o, &node, &mut uids));
+    let result = Node::new(o).and_then(|node| {
+        let samples = measure(o, &node, &mut uids)?;
+        Ok((samples, node.server.describe()))
+    });
     // After the node (containerd and its tasks) is gone.
     let cgroups_left = remove_cgroup_parents(&uids);
     if cgroups_left > 0 {
@@ -667,7 +730,8 @@ pub fn run(o: &Options) -> Result<()> {
             uids.len()
         );
     }
-    report(o, &result?, &load_before)
+    let (samples, api) = result?;
+    report(o, &samples, &api, &load_before)
 }
 
 type Samples = [Vec<Sample>; 2];
@@ -676,7 +740,10 @@ type Samples = [Vec<Sample>; 2];
 /// afterwards. Returns the timed samples, ours then baseline.
 /// `uids` collects the UIDs of our pods as they are made, also on failure.
 fn measure(o: &Options, node: &Node, uids: &mut Vec<String>) -> Result<Samples> {
-    let pods = Pods::new(&node.path("admin.kubeconfig"))?;
+    let pods = Pods::new(
+        &node.path("admin.kubeconfig"),
+        &node.path(&format!("{}.kubeconfig", NODE.0)),
+    )?;
     let mut live = Live {
         node,
         pods: Vec::new(),
@@ -690,6 +757,13 @@ fn measure(o: &Options, node: &Node, uids: &mut Vec<String>) -> Result<Samples> 
     println!(
         "runs {} per side (+{} warm-up), pod {POD_FILE}, node {} {}",
         o.runs, o.warmup, NODE.0, NODE.1
+    );
+    println!(
+        "API: {} (etcd + kube-apiserver, Node,RBAC, NodeRestriction; up in {:.1} s), \
+         both sides as system:node:{}",
+        node.server.describe(),
+        node.server.started_in.as_secs_f64(),
+        NODE.0
     );
     let mut samples: Samples = Default::default();
     for i in 0..o.warmup + o.runs {
@@ -722,7 +796,7 @@ fn measure(o: &Options, node: &Node, uids: &mut Vec<String>) -> Result<Samples> 
     Ok(samples)
 }
 
-fn report(o: &Options, samples: &Samples, load_before: &str) -> Result<()> {
+fn report(o: &Options, samples: &Samples, api: &str, load_before: &str) -> Result<()> {
     let runs = o.runs;
     let up: [Vec<Duration>; 2] = [0, 1].map(|k| samples[k].iter().map(|s| s.up).collect());
     let down: [Vec<Duration>; 2] = [0, 1].map(|k| samples[k].iter().map(|s| s.down).collect());
@@ -773,7 +847,7 @@ fn report(o: &Options, samples: &Samples, load_before: &str) -> Result<()> {
     println!("errors: 0");
     let fig = |v: &[Duration]| json!({"p50_ms": ms(median(v)), "p99_ms": ms(percentile(v, 99.0)), "mean_ms": ms(mean(v))});
     let result = json!({
-        "bench": "pod-startup", "runs": runs, "warmup": o.warmup,
+        "bench": "pod-startup", "runs": runs, "warmup": o.warmup, "api": api,
         "create_ms": {"ours": fig(&up[0]), "baseline": fig(&up[1]),
             "ratio_p50": r50, "ratio_p99": ratio(p99[0], p99[1]),
             "ratio_mean": ratio(mean(&up[0]), mean(&up[1]))},

@@ -20,6 +20,16 @@ pub enum ApiError {
     Kube(#[from] kube::Error),
 }
 
+impl ApiError {
+    /// The server's message when it refused this identity (403).
+    pub fn forbidden(&self) -> Option<&str> {
+        match self {
+            ApiError::Kube(kube::Error::Api(s)) if s.code == 403 => Some(&s.message),
+            _ => None,
+        }
+    }
+}
+
 const RETRY: [u64; 5] = [100, 200, 400, 800, 1600];
 
 fn transient(e: &kube::Error) -> bool {
@@ -92,7 +102,9 @@ impl KubeApi {
         Api::namespaced(self.client.clone(), ns)
     }
 
-    /// The pod, or `None` if the API has none of that name.
+    /// The pod, or `None` if the API has none of that name. A node's own
+    /// identity gets 403 instead for every pod not bound to it, missing
+    /// ones included (the Node authorizer knows no relation to them).
     pub async fn pod(&self, ns: &str, name: &str) -> Result<Option<Pod>, ApiError> {
         let pods = self.pods(ns);
         Ok(retry(|| pods.get_opt(name)).await?)

@@ -16,7 +16,8 @@ use pod_runner::state::Store;
 
 const AFTER_HELP: &str = "Exit codes: 0 done (or nothing to do), 1 failed, 2 usage, \
 3 not found (no such pod in the API or on this node), 4 refused (the pod is bound to \
-another node, not bound, being deleted, or asks for what pod-runner cannot do).";
+another node, not bound, being deleted, finished, or asks for what pod-runner cannot do; \
+with the node's own identity, the API refuses every pod not bound to this node, missing ones too).";
 
 #[derive(Parser)]
 #[command(name = "pod-runner", version, about = "Run a Pod bound to this node through containerd and CNI, as the kubelet does", after_help = AFTER_HELP)]
@@ -146,6 +147,8 @@ fn exit_code(e: &anyhow::Error) -> u8 {
     match e.downcast_ref::<RunError>() {
         Some(RunError::NotFound(_)) => 3,
         Some(RunError::Deleting(_)) => 4,
+        Some(RunError::NotVisible { .. }) => 4,
+        Some(RunError::Finished { .. }) => 4,
         Some(RunError::Pod(_)) => 4,
         _ => 1,
     }

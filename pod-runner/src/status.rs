@@ -1,6 +1,9 @@
 //! The Pod status the kubelet would report, as a strategic-merge patch of
 //! `pods/<name>/status`. `conditions` merge by `type` on the server, but
 //! `containerStatuses` is atomic: every patch carries all of them.
+//! `podIPs` and `hostIPs` merge by `ip`: a patch naming a new IP would add
+//! it to the old one (two IPv4s, which the API rejects), so when the pod
+//! holds other IPs than ours the list is replaced instead.
 
 use std::time::SystemTime;
 
@@ -104,8 +107,30 @@ fn condition(kind: &str, ok: bool, reason: Option<&str>, old: &Value, now: &str)
     c
 }
 
-/// The patch. `old_conditions` is the pod's current `status.conditions`.
-pub fn patch(obs: &PodObs, old_conditions: &Value, now: SystemTime) -> Value {
+/// `ips` as a `podIPs`/`hostIPs` patch over the pod's `old` list: the
+/// list itself when the server would end up with just these, else with
+/// the `$patch: replace` directive. (The directive only when needed: the
+/// API server stand-in of the tests knows no merge key for these lists.)
+fn ip_list(ips: &[String], old: &Value) -> Value {
+    let new: Vec<Value> = ips.iter().map(|ip| json!({"ip": ip})).collect();
+    let stale = old
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|o| o["ip"].as_str())
+        .any(|o| !ips.iter().any(|ip| ip == o));
+    if stale {
+        let mut l = vec![json!({"$patch": "replace"})];
+        l.extend(new);
+        Value::Array(l)
+    } else {
+        Value::Array(new)
+    }
+}
+
+/// The patch. `old` is the pod's current `status`.
+pub fn patch(obs: &PodObs, old: &Value, now: SystemTime) -> Value {
+    let old_conditions = &old["conditions"];
     let now_s = ts(now);
     let all_running = !obs.containers.is_empty()
         && obs
@@ -164,11 +189,11 @@ pub fn patch(obs: &PodObs, old_conditions: &Value, now: SystemTime) -> Value {
     });
     if let Some(ip) = &obs.host_ip {
         status["hostIP"] = json!(ip);
-        status["hostIPs"] = json!([{"ip": ip}]);
+        status["hostIPs"] = ip_list(std::slice::from_ref(ip), &old["hostIPs"]);
     }
     if !obs.pod_ips.is_empty() {
         status["podIP"] = json!(obs.pod_ips[0]);
-        status["podIPs"] = obs.pod_ips.iter().map(|ip| json!({"ip": ip})).collect();
+        status["podIPs"] = ip_list(&obs.pod_ips, &old["podIPs"]);
     }
     json!({ "status": status })
 }
@@ -262,8 +287,9 @@ mod tests {
 
     #[test]
     fn transition_times_hold_while_the_status_does() {
-        let old = json!([{"type": "Ready", "status": "True", "lastTransitionTime": "2020-01-01T00:00:00Z"},
-                         {"type": "Initialized", "status": "False", "lastTransitionTime": "2020-01-01T00:00:00Z"}]);
+        let old = json!({"conditions": [
+            {"type": "Ready", "status": "True", "lastTransitionTime": "2020-01-01T00:00:00Z"},
+            {"type": "Initialized", "status": "False", "lastTransitionTime": "2020-01-01T00:00:00Z"}]});
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_100);
         let p = patch(&obs(State::Running { started: now }), &old, now);
         let c = |t: &str| {
@@ -277,6 +303,27 @@ mod tests {
         };
         assert_eq!(c("Ready")["lastTransitionTime"], "2020-01-01T00:00:00Z");
         assert_eq!(c("Initialized")["lastTransitionTime"], ts(now));
+    }
+
+    #[test]
+    fn ip_lists_replace_other_ips_the_pod_holds() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_100);
+        let o = obs(State::Running { started: now });
+        // First report, or the same IPs again: plain lists.
+        for old in [Value::Null, json!({"podIPs": [{"ip": "10.244.1.2"}]})] {
+            let p = patch(&o, &old, now);
+            assert_eq!(p["status"]["podIPs"], json!([{"ip": "10.244.1.2"}]));
+            assert_eq!(p["status"]["hostIPs"], json!([{"ip": "192.168.43.111"}]));
+        }
+        // The pod came back with another IP: the old one must go.
+        let old = json!({"podIPs": [{"ip": "10.244.1.7"}], "hostIPs": [{"ip": "192.168.43.111"}]});
+        let p = patch(&o, &old, now);
+        assert_eq!(
+            p["status"]["podIPs"],
+            json!([{"$patch": "replace"}, {"ip": "10.244.1.2"}])
+        );
+        assert_eq!(p["status"]["podIP"], "10.244.1.2");
+        assert_eq!(p["status"]["hostIPs"], json!([{"ip": "192.168.43.111"}]));
     }
 
     #[test]

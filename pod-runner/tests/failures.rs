@@ -1,6 +1,8 @@
-//! Failure injection: a broken CNI config, a missing image, the API server
-//! gone in the middle of a create, pod-runner SIGKILLed during creates, and
-//! pods it must refuse. Each ends consistent, with nothing leaked.
+//! Failure injection against a real control plane: a broken CNI config, a
+//! missing image, the API server gone in the middle of a create,
+//! pod-runner SIGKILLed during creates, and pods it must refuse (the API
+//! refuses the node's identity some of them itself). Each ends
+//! consistent, with nothing leaked.
 
 mod common;
 
@@ -92,8 +94,13 @@ async fn the_api_server_gone_mid_create_rolls_back() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    // The pod has its network, containers come next: stop the API server.
+    // The pod has its network, containers come next: stop the API server
+    // (etcd and kube-apiserver killed). The relay goes with it, so its
+    // address refuses connections as a dead server's does; a relay left
+    // up would accept them and hold them open until pod-runner's connect
+    // timeout, attempt after attempt.
     drop(env.server.take());
+    drop(env.relay.take());
     std::fs::write(hold.join("release"), b"").expect("release");
     let out = child.wait_with_output().expect("wait");
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
@@ -105,12 +112,27 @@ async fn the_api_server_gone_mid_create_rolls_back() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sigkill_during_create_then_create_and_delete_work() {
     let env = Env::new("prfkill");
-    let pod = env.create_pod("pod-web-002.yaml", Some("inajob")).await;
-    let uid = pod.metadata.uid.clone().expect("uid");
-    // Kill points spread over a create (about 150-400 ms here).
-    for delay_ms in [5u64, 20, 30, 45, 60, 80, 100, 150, 220, 320] {
+    // How long a whole create takes here, so the kill points below spread
+    // over one (a few hundred ms with the debug binary).
+    env.create_pod("pod-web-002.yaml", Some("inajob")).await;
+    let t = Instant::now();
+    let out = env.pod_runner(&["create", "web-002"]);
+    let whole = t.elapsed();
+    assert!(out.status.success(), "{}", text(&out));
+    let del = env.pod_runner(&["delete", "web-002"]);
+    assert!(del.status.success(), "{}", text(&del));
+    env.assert_clean();
+    env.remove_pod("web-002").await;
+    eprintln!("a create takes {whole:?}");
+    for percent in [1u32, 4, 8, 12, 17, 23, 30, 40, 50, 62, 75, 90] {
+        let delay = (whole * percent / 100).max(Duration::from_millis(5));
+        let delay_ms = delay.as_millis();
+        // A new pod each round: the delete below finishes the pod (phase
+        // Succeeded or Failed), and a finished pod is not started again.
+        let pod = env.create_pod("pod-web-002.yaml", Some("inajob")).await;
+        let uid = pod.metadata.uid.clone().expect("uid");
         let mut child = env.command(&["create", "web-002"]).spawn().expect("spawn");
-        std::thread::sleep(Duration::from_millis(delay_ms));
+        std::thread::sleep(delay);
         let _ = child.kill();
         let _ = child.wait();
         let out = env.pod_runner(&["create", "web-002"]);
@@ -149,10 +171,12 @@ async fn sigkill_during_create_then_create_and_delete_work() {
             !Env::netns_of(&uid).exists(),
             "netns left after kill at {delay_ms} ms"
         );
+        env.remove_pod("web-002").await;
     }
     // And a kill with nothing recreated: delete alone cleans up.
+    env.create_pod("pod-web-002.yaml", Some("inajob")).await;
     let mut child = env.command(&["create", "web-002"]).spawn().expect("spawn");
-    std::thread::sleep(Duration::from_millis(150));
+    std::thread::sleep(whole / 2);
     let _ = child.kill();
     let _ = child.wait();
     let del = env.pod_runner(&["delete", "web-002"]);
@@ -165,20 +189,44 @@ async fn pods_of_other_nodes_and_unbound_ones_are_refused() {
     let env = Env::new("prfref");
     env.create_pod("pod-web-001.yaml", Some("yuanying")).await;
     env.create_pod("pod-web-002.yaml", None).await;
-    let out = env.pod_runner(&["create", "web-001"]);
+    // With the node's own identity the API refuses them itself, as it
+    // refuses a pod that does not exist: the Node authorizer shows a node
+    // only the pods bound to it.
+    for name in ["web-001", "web-002", "nope"] {
+        let out = env.pod_runner(&["create", name]);
+        assert_eq!(out.status.code(), Some(4), "{name}: {}", text(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains(&format!(
+                "pod default/{name}: the API server does not let this identity read it"
+            )) && err.contains("no relationship found between node 'inajob' and this object")
+                && err.contains("bound to another node, not bound yet, or does not exist"),
+            "{name}: {err}"
+        );
+    }
+    // With an identity that may read every pod (an operator's admin
+    // kubeconfig), pod-runner refuses them on its own, saying why.
+    let admin = env.admin_kubeconfig();
+    let out = env.pod_runner_as(&admin, &["create", "web-001"]);
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     assert!(
         stderr(&out).contains("bound to node \"yuanying\""),
         "{}",
         text(&out)
     );
-    let out = env.pod_runner(&["create", "web-002"]);
+    let out = env.pod_runner_as(&admin, &["create", "web-002"]);
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     assert!(stderr(&out).contains("not bound"), "{}", text(&out));
-    let out = env.pod_runner(&["create", "nope"]);
+    let out = env.pod_runner_as(&admin, &["create", "nope"]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    let out = env.pod_runner(&["create", "web-002", "-n", "../etc"]);
-    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    for kc in [env.kubeconfig.clone(), admin] {
+        let out = env.pod_runner_as(&kc, &["create", "web-002", "-n", "../etc"]);
+        assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    }
     env.assert_clean();
     assert!(stdout(&env.pod_runner(&["list"])).lines().count() == 1);
+    // The refused pods are as they were: no status from this node.
+    for name in ["web-001", "web-002"] {
+        assert_pending(&env, name).await;
+    }
 }

@@ -1,6 +1,6 @@
 //! The Pod spec pod-runner supports, checked in the running container and
 //! on the host; two pods on one node reach each other; and a delete of a
-//! pod the API is deleting finishes it, as the kubelet does.
+//! pod the real API server is deleting finishes it, as the kubelet does.
 
 mod common;
 
@@ -184,6 +184,9 @@ async fn delete_finishes_a_pod_the_api_is_deleting() {
     let out = env.pod_runner(&["create", "web-002"]);
     assert!(out.status.success(), "{}", text(&out));
     let pods: Api<Pod> = Api::namespaced(env.admin().await, "default");
+    // The pod's own grace period, 30 s: the API keeps the object that
+    // long at least, and past it until the node's final delete.
+    let t = Instant::now();
     pods.delete("web-002", &DeleteParams::default())
         .await
         .expect("delete");
@@ -192,8 +195,31 @@ async fn delete_finishes_a_pod_the_api_is_deleting() {
         .await
         .expect("kept until the node is done");
     assert!(pending.metadata.deletion_timestamp.is_some());
+    assert_eq!(pending.metadata.deletion_grace_period_seconds, Some(30));
     let del = env.pod_runner(&["delete", "web-002"]);
     assert!(del.status.success(), "{}", text(&del));
+    // web exits on SIGTERM: long before the grace period is over, so the
+    // object went by pod-runner's final delete, not by any expiry.
+    assert!(stdout(&del).contains("web exited 0"), "{}", text(&del));
     assert!(env.pod("web-002").await.is_none(), "the API object is gone");
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
     env.assert_clean();
+
+    // A pod being deleted that never ran here, bound to this node: delete
+    // finishes it in the API too, as the kubelet does.
+    env.create_pod("pod-web-001.yaml", Some("inajob")).await;
+    pods.delete("web-001", &DeleteParams::default())
+        .await
+        .expect("delete");
+    assert!(env.pod("web-001").await.is_some(), "kept for the node");
+    let del = env.pod_runner(&["delete", "web-001"]);
+    assert!(del.status.success(), "{}", text(&del));
+    assert!(stdout(&del).contains("nothing to do"), "{}", text(&del));
+    assert!(env.pod("web-001").await.is_none(), "the API object is gone");
+    // Gone from the API, the node's identity may not even read it: a
+    // second delete still has nothing to do, and nothing to warn about.
+    let del = env.pod_runner(&["delete", "web-001"]);
+    assert!(del.status.success(), "{}", text(&del));
+    assert!(stdout(&del).contains("nothing to do"), "{}", text(&del));
+    assert!(del.stderr.is_empty(), "{}", text(&del));
 }

@@ -135,14 +135,33 @@ impl Runner {
 
     /// Runs the pod `ns/name` bound to this node.
     pub async fn create(&self, ns: &str, name: &str) -> Result<Created, RunError> {
-        let pod = self
-            .api()?
-            .pod(ns, name)
-            .await?
-            .ok_or_else(|| RunError::NotFound(format!("{ns}/{name}")))?;
+        let pod = match self.api()?.pod(ns, name).await {
+            Ok(Some(p)) => p,
+            Ok(None) => return Err(RunError::NotFound(format!("{ns}/{name}"))),
+            Err(e) => {
+                return Err(match e.forbidden() {
+                    Some(m) => RunError::NotVisible {
+                        pod: format!("{ns}/{name}"),
+                        message: m.to_string(),
+                    },
+                    None => e.into(),
+                });
+            }
+        };
         let plan = pod::plan(&pod, &self.node)?;
         if pod.metadata.deletion_timestamp.is_some() {
             return Err(RunError::Deleting(plan.key()));
+        }
+        if let Some(phase) = pod
+            .status
+            .as_ref()
+            .and_then(|s| s.phase.as_deref())
+            .filter(|p| matches!(*p, "Succeeded" | "Failed"))
+        {
+            return Err(RunError::Finished {
+                pod: plan.key(),
+                phase: phase.to_string(),
+            });
         }
         for w in &plan.warnings {
             warn(&format!("pod {}: {w}", plan.key()));
@@ -329,7 +348,7 @@ impl Runner {
         let old = pod
             .status
             .as_ref()
-            .and_then(|s| serde_json::to_value(&s.conditions).ok())
+            .and_then(|s| serde_json::to_value(s).ok())
             .unwrap_or(Value::Null);
         let patch = status::patch(&obs, &old, SystemTime::now());
         self.api()?

@@ -27,6 +27,20 @@ pub enum RunError {
     NotFound(String),
     #[error("pod {0} is being deleted; not starting it")]
     Deleting(String),
+    /// The API refused this identity the pod: with a node's own identity,
+    /// the Node authorizer shows a node only the pods bound to it.
+    #[error(
+        "pod {pod}: the API server does not let this identity read it ({message}); a node's own identity \
+         may read only the pods bound to that node: this one is bound to another node, not bound yet, or does not exist"
+    )]
+    NotVisible { pod: String, message: String },
+    /// Succeeded and Failed are final: the kubelet never starts such a
+    /// pod again, and its controller has counted it gone (a ReplicaSet
+    /// made a replacement), though the API would take a Running status.
+    #[error(
+        "pod {pod} has finished (phase {phase}); a finished pod is not started again: delete it and create a new one"
+    )]
+    Finished { pod: String, phase: String },
     #[error(transparent)]
     Pod(#[from] PodError),
     #[error(transparent)]

@@ -139,6 +139,18 @@ impl Runner {
         // The API may be down: the local teardown happens anyway.
         let pod = match async { self.api()?.pod(ns, name).await.map_err(RunError::from) }.await {
             Ok(p) => p,
+            // A node's own identity may not read a pod gone from the API
+            // (or never bound here): nothing to report, and with nothing
+            // here nothing to say either.
+            Err(RunError::Api(e)) if e.forbidden().is_some() => {
+                if record.is_some() {
+                    warn(&format!(
+                        "pod {ns}/{name} is not visible to this identity in the API (deleted there, or not bound to \
+                         this node); removing it from this node without reporting to the API"
+                    ));
+                }
+                None
+            }
             Err(e) => {
                 warn(&format!("reading pod {ns}/{name}: {e}"));
                 None
@@ -234,7 +246,7 @@ fn terminated_patch(
         qos: status::qos_class(pod),
     };
     let old = old_status
-        .and_then(|s| serde_json::to_value(&s.conditions).ok())
+        .and_then(|s| serde_json::to_value(s).ok())
         .unwrap_or(Value::Null);
     status::patch(&obs, &old, now)
 }

@@ -1,22 +1,26 @@
-//! One emulated node for pod-runner: the API server stand-in, the node
-//! inajob on a LAN netns, its private containerd, our CNI plugins with the
-//! tutorial's bridge config, the pause and web images imported; and
-//! `pod-runner` run on the node the way an operator runs it.
+//! One emulated node for pod-runner: a real control plane (etcd and
+//! kube-apiserver with Node,RBAC authorization and NodeRestriction), the
+//! node inajob on a LAN netns, registered as a kubelet registers, its
+//! private containerd, our CNI plugins with the tutorial's bridge config,
+//! the pause and web images imported; and `pod-runner` run on the node the
+//! way an operator runs it, with the node's own identity
+//! `system:node:inajob`.
 
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Node as NodeObject, Pod};
 use kube::api::{Api, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 use serde_json::json;
 use testbed::api::Apiserver;
-use testbed::apiserver::ApiServer;
 use testbed::cluster::{Cluster, INAJOB, Node};
 use testbed::containerd::Containerd as PrivateContainerd;
+use testbed::controlplane::{ControlPlane, Options};
 use testbed::image::{single_binary_oci_tar, static_bin};
 use testbed::relay::Relay;
 
@@ -24,7 +28,7 @@ pub const NS: &str = "testbed";
 
 pub struct Env {
     pub relay: Option<Relay>,
-    pub server: Option<ApiServer>,
+    pub server: Option<ControlPlane>,
     pub ctrd: PrivateContainerd,
     pub cluster: Cluster,
     pub dir: tempfile::TempDir,
@@ -57,7 +61,7 @@ impl Env {
         bridge["ipam"]["dataDir"] = json!(data.display().to_string());
         std::fs::write(conf.join("10-bridge.conf"), bridge.to_string()).expect("conf");
         let ctrd = PrivateContainerd::start(state.path(), Some(&cluster.node("inajob").ns), &bin);
-        let server = ApiServer::start(0, None).expect("apiserver");
+        let server = ControlPlane::start(&Options::default()).expect("control plane");
         server
             .write_kubeconfigs(dir.path(), &["inajob"])
             .expect("kubeconfigs");
@@ -73,6 +77,7 @@ impl Env {
             uids: std::sync::Mutex::new(Vec::new()),
             _state: state,
         };
+        env.register_node();
         let images = env.dir.path().join("images");
         std::fs::create_dir_all(&images).expect("mkdir");
         for name in ["pause", "web"] {
@@ -87,8 +92,28 @@ impl Env {
         self.cluster.node("inajob")
     }
 
-    pub fn server(&self) -> &ApiServer {
+    pub fn server(&self) -> &ControlPlane {
         self.server.as_ref().expect("server running")
+    }
+
+    /// The Node object, made with the node's own identity and its
+    /// InternalIP in the status, as the kubelet registers (NodeRestriction
+    /// lets a node create only itself). pod-runner reads the IP from it.
+    fn register_node(&self) {
+        let node: NodeObject = serde_json::from_value(json!({
+            "metadata": {"name": INAJOB.0, "labels": {"kubernetes.io/hostname": INAJOB.0}},
+            "status": {"addresses": [
+                {"type": "InternalIP", "address": INAJOB.1.to_string()},
+                {"type": "Hostname", "address": INAJOB.0}]}
+        }))
+        .expect("node");
+        testbed::kubectl::blocking(async {
+            let nodes: Api<NodeObject> = Api::all(self.client(&self.kubeconfig).await);
+            nodes
+                .create(&PostParams::default(), &node)
+                .await
+                .expect("register node inajob");
+        });
     }
 
     pub fn state_dir(&self) -> PathBuf {
@@ -107,12 +132,19 @@ impl Env {
     /// (not `ip netns exec`) keeps the host's mount namespace, where
     /// containerd must see the sandbox's pinned netns.
     pub fn command(&self, args: &[&str]) -> Command {
+        self.command_as(&self.kubeconfig, args)
+    }
+
+    /// [`Env::command`] with another identity than the node's (an
+    /// operator's admin kubeconfig, say).
+    pub fn command_as(&self, kubeconfig: &Path, args: &[&str]) -> Command {
         let mut c = Command::new("nsenter");
         c.arg(format!("--net={}", self.node().ns.path().display()))
             .arg(env!("CARGO_BIN_EXE_pod-runner"))
             .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(["--node", "inajob", "--node-ip", "192.168.43.111"])
+            .arg(kubeconfig)
+            // No --node-ip: hostIP comes from the Node's InternalIP.
+            .args(["--node", "inajob"])
             .arg("--containerd-socket")
             .arg(self.ctrd.socket())
             .args(["--containerd-namespace", NS])
@@ -134,12 +166,31 @@ impl Env {
         self.command(args).output().expect("run pod-runner")
     }
 
-    pub async fn admin(&self) -> Client {
-        let kc = Kubeconfig::read_from(self.dir.path().join("admin.kubeconfig")).expect("kc");
+    pub fn pod_runner_as(&self, kubeconfig: &Path, args: &[&str]) -> Output {
+        self.command_as(kubeconfig, args)
+            .output()
+            .expect("run pod-runner")
+    }
+
+    pub fn admin_kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("admin.kubeconfig")
+    }
+
+    async fn client(&self, kubeconfig: &Path) -> Client {
+        let kc = Kubeconfig::read_from(kubeconfig).expect("kc");
         let cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
             .await
             .expect("config");
         Client::try_from(cfg).expect("client")
+    }
+
+    pub async fn admin(&self) -> Client {
+        self.client(&self.admin_kubeconfig()).await
+    }
+
+    /// The node's own identity, the one pod-runner runs with.
+    pub async fn node_client(&self) -> Client {
+        self.client(&self.kubeconfig).await
     }
 
     /// Creates the testdata pod and, as the scheduler does, binds it to
@@ -169,7 +220,52 @@ impl Env {
             .create_subresource("binding", &name, &PostParams::default(), &binding)
             .await
             .expect("bind pod");
+        if node == INAJOB.0 {
+            self.wait_visible(&name).await;
+        }
         pods.get(&name).await.expect("get pod")
+    }
+
+    /// Waits until the node's identity may read the pod: the Node
+    /// authorizer learns of the binding through a watch, a moment after
+    /// the binding returns. A kubelet acts on a pod only once its own
+    /// watch shows it, so it never sees that moment; a test that runs
+    /// pod-runner right after binding would.
+    async fn wait_visible(&self, name: &str) {
+        let pods: Api<Pod> = Api::namespaced(self.node_client().await, "default");
+        let t = Instant::now();
+        loop {
+            match pods.get_opt(name).await {
+                Ok(Some(_)) => return,
+                Err(kube::Error::Api(e)) if e.code == 403 => {}
+                other => panic!("node reading pod {name}: {other:?}"),
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "the node never got to read its pod {name}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Removes the pod from the API at once (the admin, grace 0), as its
+    /// controller's cleanup would; waits until it is gone.
+    pub async fn remove_pod(&self, name: &str) {
+        let pods: Api<Pod> = Api::namespaced(self.admin().await, "default");
+        let params = kube::api::DeleteParams {
+            grace_period_seconds: Some(0),
+            ..Default::default()
+        };
+        match pods.delete(name, &params).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => return,
+            Err(e) => panic!("deleting pod {name}: {e}"),
+        }
+        let t = Instant::now();
+        while pods.get_opt(name).await.expect("get pod").is_some() {
+            assert!(t.elapsed() < Duration::from_secs(10), "pod {name} stays");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub async fn pod(&self, name: &str) -> Option<Pod> {
