@@ -52,12 +52,27 @@ spec:
   clusterIP: 10.254.10.202
   ports: [{name: http, protocol: TCP, port: 80}]
 ---
-apiVersion: v1
-kind: Endpoints
-metadata: {name: bad-endpoints, namespace: default}
-subsets:
-  - addresses: [{ip: not-an-ip}, {ip: 10.244.1.3}]
-    ports: [{name: http, port: 8080, protocol: TCP}]
+# The API refuses an invalid IP anywhere else; an FQDN slice is where a
+# name reaches node-sync, which programs only the slice of addresses.
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: bad-endpoints-ip
+  namespace: default
+  labels: {kubernetes.io/service-name: bad-endpoints}
+addressType: IPv4
+endpoints: [{addresses: [10.244.1.3], conditions: {ready: true}}]
+ports: [{name: http, port: 8080, protocol: TCP}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: bad-endpoints-name
+  namespace: default
+  labels: {kubernetes.io/service-name: bad-endpoints}
+addressType: FQDN
+endpoints: [{addresses: [not-an-ip.example], conditions: {ready: true}}]
+ports: [{name: http, port: 8080, protocol: TCP}]
 "#;
 
 const ONE_ENDPOINT: &str = r#"
@@ -171,7 +186,19 @@ fn node_sync_programs_ipvs_in_the_vm() {
     let out = Vm::builder()
         .file(static_bin("node-sync"), "/usr/local/bin/node-sync")
         .file(static_bin("testbed"), "/usr/local/bin/testbed")
-        .contents("/root/objects.yaml", OBJECTS, 0o644)
+        .contents(
+            "/root/objects.yaml",
+            // node-sync's identity lists Nodes, Services and endpoints
+            // only with its RBAC, on the stand-in as on a real cluster.
+            format!(
+                "{}\n---\n{OBJECTS}",
+                std::fs::read_to_string(
+                    testbed::testdata::dir().join("../deploy/node-sync-rbac.yaml")
+                )
+                .expect("deploy/node-sync-rbac.yaml")
+            ),
+            0o644,
+        )
         .contents("/root/one.yaml", ONE_ENDPOINT, 0o644)
         .script(SCRIPT.replace("@PODS@", testbed::vm::PODS_ON_A_BRIDGE))
         .timeout(Duration::from_secs(420))
@@ -267,7 +294,8 @@ fn node_sync_programs_ipvs_in_the_vm() {
         "{out}"
     );
     assert_eq!(line(o, "via-nftables:"), "backend-2", "{out}");
-    assert_eq!(line(o, "to-ipvs:"), "table=no vs=2", "{out}");
+    // empty, bad-endpoints and the API server's own `kubernetes`.
+    assert_eq!(line(o, "to-ipvs:"), "table=no vs=3", "{out}");
     assert_eq!(line(o, "via-ipvs:"), "backend-2", "{out}");
     assert_eq!(line(o, "api-down:"), "alive=yes empty=1", "{out}");
 }

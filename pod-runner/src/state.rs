@@ -47,6 +47,11 @@ pub struct PodRecord {
     pub pod_ips: Vec<String>,
     #[serde(default)]
     pub host_ip: Option<String>,
+    /// Whether the create that made this pod reported it to the API.
+    /// `Some(false)` until its status PATCH succeeded; records of older
+    /// releases (`None`) were written only by creates that finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reported: Option<bool>,
 }
 
 /// A 64-hex ID, like the ones containerd's CRI plugin makes, derived from
@@ -189,6 +194,7 @@ mod tests {
             grace_seconds: 30,
             pod_ips: vec![],
             host_ip: None,
+            reported: Some(false),
         };
         s.save(&r).expect("save");
         assert_eq!(s.load("default", "web").expect("load"), Some(r.clone()));

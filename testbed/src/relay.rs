@@ -48,6 +48,10 @@ impl Relay {
                 }
                 std::thread::spawn(move || {
                     let Ok(outside) = TcpStream::connect(addr) else {
+                        // Nothing behind the relay: the node sees the
+                        // connection end at once, as with no server at
+                        // all (the open list holds a clone of it).
+                        let _ = inside.shutdown(Shutdown::Both);
                         return;
                     };
                     let (Ok(i2), Ok(o2)) = (inside.try_clone(), outside.try_clone()) else {

@@ -1540,6 +1540,29 @@ async fn pods(d: &mut Diff) {
     .expect(200)
     .go()
     .await;
+    // The pod up again on a new IP: the list merges by address, so naming
+    // only the new one leaves two of a family, which the server refuses;
+    // pod-runner replaces the list.
+    d.req(
+        "the pod on a new IP, podIPs merged",
+        "inajob",
+        "PATCH",
+        &format!("{pods}/web-002/status"),
+    )
+    .smp(json!({"status": {"podIP": "10.244.1.3", "podIPs": [{"ip": "10.244.1.3"}]}}))
+    .expect(422)
+    .go()
+    .await;
+    d.req(
+        "the pod on a new IP, podIPs replaced",
+        "inajob",
+        "PATCH",
+        &format!("{pods}/web-002/status"),
+    )
+    .smp(json!({"status": {"podIP": "10.244.1.3", "podIPs": [{"$patch": "replace"}, {"ip": "10.244.1.3"}]}}))
+    .expect(200)
+    .go()
+    .await;
     d.req("a sparse containerStatuses list", "inajob", "PATCH", &format!("{pods}/web-002/status"))
         .smp(json!({"status": {"podIP": "10.244.1.3", "podIPs": null, "containerStatuses": [{"name": "web", "ready": false}]}}))
         .expect(200)

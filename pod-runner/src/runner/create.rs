@@ -106,6 +106,7 @@ impl Runner {
             grace_seconds: plan.grace_seconds,
             pod_ips: Vec::new(),
             host_ip: None,
+            reported: Some(false),
         }
     }
 
@@ -167,7 +168,10 @@ impl Runner {
             warn(&format!("pod {}: {w}", plan.key()));
         }
         if let Some(old) = self.store.load(ns, name)? {
-            if old.uid == plan.uid && self.all_running(&old).await? {
+            // A create killed after starting the containers but before
+            // its status PATCH left a pod the API still sees Pending: it
+            // is made again like any other interrupted create.
+            if old.uid == plan.uid && old.reported != Some(false) && self.all_running(&old).await? {
                 return Ok(Created::AlreadyRunning {
                     pod_ips: old.pod_ips,
                 });
@@ -354,6 +358,8 @@ impl Runner {
         self.api()?
             .patch_status(&plan.namespace, &plan.name, &patch)
             .await?;
+        record.reported = Some(true);
+        self.store.save(record)?;
         Ok(pod_ips)
     }
 

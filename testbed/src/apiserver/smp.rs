@@ -19,6 +19,8 @@ fn merge_key(path: &[String]) -> Option<&'static str> {
         // Pod and node conditions, node addresses.
         ("status", "conditions") => Some("type"),
         ("status", "addresses") => Some("type"),
+        // A pod's IPs and its host's: merged by address.
+        ("status", "podIPs") | ("status", "hostIPs") => Some("ip"),
         ("spec", "containers") | ("spec", "initContainers") | ("spec", "ephemeralContainers") => {
             Some("name")
         }
@@ -114,6 +116,20 @@ fn merge_list(
     let Some(key) = merge_key(path) else {
         return Value::Array(patch.iter().map(strip_directives).collect());
     };
+    // `{"$patch": "replace"}` among the elements: the list becomes the
+    // patch's other elements.
+    if patch
+        .iter()
+        .any(|v| v.get("$patch").and_then(Value::as_str) == Some("replace"))
+    {
+        return Value::Array(
+            patch
+                .iter()
+                .filter(|v| v.get("$patch").is_none())
+                .map(strip_directives)
+                .collect(),
+        );
+    }
     let id = |v: &Value| v.get(key).cloned();
     let mut merged: Vec<Value> = Vec::new();
     path.push("[]".to_string());
@@ -186,6 +202,21 @@ fn strip_directives(v: &Value) -> Value {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_replace_directive_in_a_merged_list_replaces_it() {
+        let pod = json!({"status": {"podIPs": [{"ip": "10.244.1.2"}]}});
+        let patch = json!({"status": {"podIPs": [{"$patch": "replace"}, {"ip": "10.244.1.3"}]}});
+        assert_eq!(
+            apply(&pod, &patch)["status"]["podIPs"],
+            json!([{"ip": "10.244.1.3"}])
+        );
+        let merged = apply(&pod, &json!({"status": {"podIPs": [{"ip": "10.244.1.3"}]}}));
+        assert_eq!(
+            merged["status"]["podIPs"],
+            json!([{"ip": "10.244.1.3"}, {"ip": "10.244.1.2"}])
+        );
+    }
+
     use super::*;
     use serde_json::json;
 

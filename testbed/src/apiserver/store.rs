@@ -242,6 +242,30 @@ impl Store {
                 }
             }
         }
+        if r.plural == "pods" {
+            // One address of each family at most: a pod's IPs merge by
+            // address, so a patch naming only a new one is refused here.
+            for field in ["podIPs", "hostIPs"] {
+                let ips: Vec<&str> = o["status"][field]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|v| v["ip"].as_str())
+                    .collect();
+                let v4 = ips.iter().filter(|ip| !ip.contains(':')).count();
+                if v4 > 1 || ips.len() - v4 > 1 {
+                    let go: Vec<Value> = ips.iter().map(|ip| json!({"IP": ip})).collect();
+                    causes.push((
+                        format!("status.{field}"),
+                        "FieldValueInvalid",
+                        format!(
+                            "Invalid value: {}: may specify no more than one IP for each IP family",
+                            Value::Array(go)
+                        ),
+                    ));
+                }
+            }
+        }
         if r.plural == "services"
             && o.pointer("/spec/ports")
                 .and_then(Value::as_array)
