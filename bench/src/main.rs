@@ -9,6 +9,7 @@
 //! not run.
 
 mod bridge;
+mod cri;
 mod host_local;
 mod node_sync;
 mod plugin;
@@ -41,6 +42,9 @@ enum Bench {
     /// bridge: sequential tutorial ADD/DEL latency, and concurrent ADDs
     /// then DELs, each side on its own emulated node.
     Bridge(bridge::Options),
+    /// The kubelet's CNI path: containerd's CRI plugin with our plugins and
+    /// with the reference's, `crictl runp` to a ready sandbox, `stopp`.
+    Cri(cri::Options),
     /// pod-runner: pod startup latency (create to Running, image present)
     /// and delete, against a shell baseline with ctr and the reference
     /// plugins, on one emulated node.
@@ -111,6 +115,7 @@ fn main() -> ExitCode {
     let outcome = catch_signals().and_then(|()| match &cli.bench {
         Bench::HostLocal(opts) => host_local::run(opts),
         Bench::Bridge(opts) => bridge::run(opts),
+        Bench::Cri(opts) => cri::run(opts),
         Bench::PodStartup(opts) => pod_startup::run(opts),
         Bench::NodeSync(opts) => node_sync::run(opts),
         Bench::Services(opts) => services::run(opts),

@@ -183,9 +183,11 @@ impl Plugin for Loopback {
     }
 
     /// The reference prints its own result in the current layout for every
-    /// version, and a passed-through prevResult converted as usual.
+    /// version it is given, and converts as usual a passed-through
+    /// prevResult, or its result when the config names no version (which
+    /// the spec reads as 0.1.0: `ip4`/`ip6`).
     fn print_result(&self, req: &Request, result: &CniResult, version: SpecVersion) -> Vec<u8> {
-        if req.header.prev_result.is_some() {
+        if req.header.prev_result.is_some() || req.header.cni_version.is_empty() {
             result.to_json(version)
         } else {
             result.to_json_current_layout(version)

@@ -258,6 +258,9 @@ pub struct Netlink {
     handle: Handle,
 }
 
+/// The kernel's default bridge priority (IFLA_BR_PRIORITY).
+const BRIDGE_DEFAULT_PRIORITY: u16 = 0x8000;
+
 impl Netlink {
     /// Opens a netlink connection in the calling thread's network namespace.
     pub fn open() -> Result<Self, NlError> {
@@ -305,7 +308,7 @@ impl Netlink {
         }
     }
 
-    /// A bridge, up. IFLA_BR_VLAN_FILTERING is sent only when asked for:
+    /// A bridge, up, with no carrier until a port forwards. IFLA_BR_VLAN_FILTERING is sent only when asked for:
     /// a kernel without bridge VLAN filtering refuses the attribute (even
     /// as 0) and then creates nothing.
     pub fn add_bridge(
@@ -314,7 +317,13 @@ impl Netlink {
         mtu: Option<u32>,
         vlan_filtering: bool,
     ) -> Result<(), NlError> {
-        let mut b = LinkBridge::new(name);
+        // The bridge's priority, at its default: setting it runs the
+        // port state selection, which turns the carrier off while no port
+        // forwards. Without that run a new bridge keeps the carrier it is
+        // born with and its operstate stays UNKNOWN with ports (the
+        // kernel runs it when the first port changes the bridge's MAC,
+        // which our pinned MAC never lets happen).
+        let mut b = LinkBridge::new(name).priority(BRIDGE_DEFAULT_PRIORITY);
         if let Some(m) = mtu {
             b = b.mtu(m);
         }
@@ -326,7 +335,8 @@ impl Netlink {
         self.run(async move { h.link().add(msg).execute().await })
     }
 
-    /// A veth pair: `name` here (with `mac` if given), `peer` in the
+    /// A veth pair, both ends with txqlen 0 as the reference makes them:
+    /// `name` here (with `mac` if given), `peer` in the
     /// namespace of `peer_netns`. Created where they belong, so neither end
     /// is renamed or moved (each costs the kernel an RCU grace period).
     pub fn add_veth(
@@ -339,9 +349,11 @@ impl Netlink {
     ) -> Result<(), NlError> {
         let mut peer_msg = LinkMessageBuilder::<LinkUnspec>::new()
             .name(peer.to_string())
+            .txqueuelen(0)
             .setns_by_fd(peer_netns);
         let mut b = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
-            .name(name.to_string());
+            .name(name.to_string())
+            .txqueuelen(0);
         if let Some(m) = mtu {
             peer_msg = peer_msg.mtu(m);
             b = b.mtu(m);

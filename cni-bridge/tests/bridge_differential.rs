@@ -321,3 +321,110 @@ fn del_without_the_netns_answers_like_the_reference_but_cleans_up() {
         assert!(p.theirs.host.sh("iptables-save -t nat").contains(&chain));
     }
 }
+
+/// The bridge's operstate, whether it has carrier, and whether the kernel
+/// marks its connected route `linkdown`.
+fn bridge_oper(ns: &Netns) -> (String, bool, bool) {
+    let l: Value = serde_json::from_str(&ns.sh("ip -j link show cni0")).expect("ip -j");
+    let carrier = !l[0]["flags"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|f| f == "NO-CARRIER");
+    let linkdown = ns.sh("ip route show dev cni0").contains("linkdown");
+    (
+        l[0]["operstate"].as_str().unwrap_or("").to_string(),
+        carrier,
+        linkdown,
+    )
+}
+
+/// Polls both nodes until their bridges reach `want` (linkwatch applies a
+/// carrier change up to a second later), then asserts they agree.
+fn settle(p: &Pair, want: (&str, bool, bool), at: &str) {
+    let want = (want.0.to_string(), want.1, want.2);
+    let t = std::time::Instant::now();
+    loop {
+        let (a, b) = (bridge_oper(&p.ours.host), bridge_oper(&p.theirs.host));
+        if a == want && b == want {
+            return;
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(5),
+            "{at}: ours {a:?}, reference {b:?}, want {want:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// With a port the bridge is UP with carrier, as the reference's; when the
+/// last port goes it loses carrier, goes DOWN and its route `linkdown`.
+#[test]
+fn operstate_carrier_and_linkdown_match_the_reference() {
+    let p = Pair::new();
+    let conf = tutorial("0.3.1");
+    p.step("ADD", "ADD", &conf, true);
+    settle(&p, ("UP", true, false), "after ADD");
+    // A second pod and its removal: the bridge stays up with one port.
+    let second = |node: &Node, ns: &Netns, cmd: &str| {
+        node.call_with("bridge", cmd, "web-003", &conf)
+            .netns(&ns.path().display().to_string())
+            .ifname("eth0")
+            .run()
+    };
+    let (c2o, c2r) = (Netns::new("c2o"), Netns::new("c2r"));
+    assert!(second(&p.ours, &c2o, "ADD").success());
+    assert!(second(&p.theirs, &c2r, "ADD").success());
+    assert!(second(&p.ours, &c2o, "DEL").success());
+    assert!(second(&p.theirs, &c2r, "DEL").success());
+    settle(&p, ("UP", true, false), "after a second pod came and went");
+    p.step("DEL", "DEL", &conf, true);
+    settle(&p, ("DOWN", false, true), "after the last DEL");
+    // A pod on the port-less bridge brings it back up.
+    p.step("ADD again", "ADD", &conf, true);
+    settle(&p, ("UP", true, false), "after ADD on the emptied bridge");
+    p.step("DEL again", "DEL", &conf, true);
+}
+
+/// `CNI_ARGS` keys the bridge does not know are refused, on ADD and on DEL,
+/// unless `IgnoreUnknown` is set, as the reference refuses them; then the
+/// IPAM plugin takes `IP=` as the address. The code is the spec's 4 (bad
+/// environment) where the reference says 999 (README), with its message.
+#[test]
+fn unknown_cni_args_are_refused_unless_ignored_like_the_reference() {
+    let p = Pair::new();
+    let conf = tutorial("0.3.1");
+    let call = |node: &Node, ns: &Netns, cmd: &str, args: &str| {
+        node.call_with("bridge", cmd, "web-002", &conf)
+            .netns(&ns.path().display().to_string())
+            .args(args)
+            .run()
+    };
+    for cmd in ["ADD", "DEL"] {
+        for args in ["IP=10.244.1.50", "FOO=bar;MAC=0a:58:0a:f4:01:11"] {
+            let a = call(&p.ours, &p.ours_c, cmd, args);
+            let b = call(&p.theirs, &p.theirs_c, cmd, args);
+            let at = format!("{cmd} {args}\n ours: {a:?}\n  ref: {b:?}");
+            assert!(!a.success() && !b.success(), "{at}");
+            assert_eq!((a.error_code(), b.error_code()), (4, 999), "{at}");
+            assert_eq!(a.json()["msg"], b.json()["msg"], "{at}");
+            // Nothing made: no bridge, no veth, no lease.
+            p.compare(&at);
+            assert!(p.ours.host.try_sh("ip link show cni0").is_err(), "{at}");
+        }
+    }
+    let ignored = "IgnoreUnknown=1;IP=10.244.1.50;K8S_POD_NAME=web-002";
+    let a = call(&p.ours, &p.ours_c, "ADD", ignored);
+    let b = call(&p.theirs, &p.theirs_c, "ADD", ignored);
+    assert!(a.success() && b.success(), "{a:?} {b:?}");
+    assert_eq!(
+        normalise(&a.stdout, &[&p.ours_c]),
+        normalise(&b.stdout, &[&p.theirs_c]),
+    );
+    assert_eq!(a.json()["ips"][0]["address"], "10.244.1.50/24", "{a:?}");
+    p.compare("ADD with IgnoreUnknown");
+    let a = call(&p.ours, &p.ours_c, "DEL", ignored);
+    let b = call(&p.theirs, &p.theirs_c, "DEL", ignored);
+    assert!(a.success() && b.success(), "{a:?} {b:?}");
+    p.compare("DEL with IgnoreUnknown");
+}

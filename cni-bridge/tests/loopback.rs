@@ -263,3 +263,63 @@ fn check_finds_a_missing_lo_address_where_the_reference_does_not() {
         assert!(call("CHECK", &c).success());
     }
 }
+
+/// A config without `cniVersion` (or with an empty one) is 0.1.0 to the
+/// spec and the reference: the result comes in 0.1.0's layout
+/// (`ip4`/`ip6`), not the current one the reference prints for a version
+/// it is given. And the reference's loopback reads no `CNI_ARGS`, so it
+/// takes keys it does not know without `IgnoreUnknown`.
+#[test]
+fn no_version_is_0_1_0_and_cni_args_are_not_read_like_the_reference() {
+    let (ours, theirs) = (
+        Node::new("lv", PluginDir::ours()),
+        Node::new("lw", PluginDir::reference()),
+    );
+    let unversioned = json!({"name": "lo", "type": "loopback"});
+    let empty = json!({"cniVersion": "", "name": "lo", "type": "loopback"});
+    for (what, c, args) in [
+        ("no cniVersion", &unversioned, None),
+        ("an empty cniVersion", &empty, None),
+        (
+            "unknown CNI_ARGS",
+            &conf("0.3.1"),
+            Some("FOO=bar;IP=10.244.1.50"),
+        ),
+        (
+            "unknown CNI_ARGS, no version",
+            &unversioned,
+            Some("FOO=bar"),
+        ),
+    ] {
+        let (a_ns, b_ns) = (Netns::new("la"), Netns::new("lb"));
+        let call = |node: &Node, ns: &Netns| {
+            let mut call = node
+                .call_with("loopback", "ADD", "web-002", c)
+                .netns(&ns.path().display().to_string());
+            if let Some(a) = args {
+                call = call.args(a);
+            }
+            call.run()
+        };
+        let (a, b) = (call(&ours, &a_ns), call(&theirs, &b_ns));
+        let at = format!("{what}\n ours: {a:?}\n  ref: {b:?}");
+        assert_eq!(a.code, b.code, "{at}");
+        assert!(a.success(), "{at}");
+        assert_eq!(
+            normalise(&a.stdout, &[&a_ns]),
+            normalise(&b.stdout, &[&b_ns]),
+            "{at}"
+        );
+        assert_eq!(lo_state(&a_ns), lo_state(&b_ns), "{at}");
+        if args.is_none() {
+            let v = a.json();
+            assert_eq!(v["cniVersion"], "0.1.0", "{at}");
+            assert_eq!(v["ip4"]["ip"], "127.0.0.1/8", "{at}");
+            assert_eq!(v["ip6"]["ip"], "::1/128", "{at}");
+            assert!(
+                v.get("ips").is_none() && v.get("interfaces").is_none(),
+                "{at}"
+            );
+        }
+    }
+}

@@ -282,6 +282,11 @@ async fn faults_keep_the_routes_and_node_sync_recovers() {
     .await;
 
     // The API server out of reach for 30 s: the routes stay all along.
+    // (The Lease comes right after the first status patch.)
+    wait_for("the Lease", Duration::from_secs(15), || async {
+        renewed(&leases, "inajob").await.is_some()
+    })
+    .await;
     let before = renewed(&leases, "inajob").await.expect("lease");
     env.cut("inajob");
     let t = Instant::now();

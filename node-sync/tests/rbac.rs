@@ -141,7 +141,12 @@ async fn without_rbac_the_error_is_exact_and_nothing_else_breaks() {
         )
         .await;
     }
-    // The Lease is renewed all the same.
+    // The Lease is renewed all the same. (The heartbeat patches the status
+    // before it makes the Lease: the condition can be seen first.)
+    wait_for("the Lease", Duration::from_secs(15), || async {
+        renewed(&leases, "inajob").await.is_some()
+    })
+    .await;
     let first = renewed(&leases, "inajob").await.expect("lease");
     wait_for("a renewed Lease", Duration::from_secs(15), || async {
         renewed(&leases, "inajob").await.is_some_and(|t| t > first)

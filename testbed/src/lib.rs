@@ -7,6 +7,7 @@ pub mod apiserver;
 pub mod cluster;
 pub mod containerd;
 pub mod controlplane;
+pub mod cri;
 pub mod demo;
 pub mod http;
 pub mod image;

@@ -18,6 +18,7 @@ pub struct Bridge;
 
 fn load(req: &Request) -> Result<NetConf, CniError> {
     let conf = NetConf::load(&req.stdin)?;
+    cni_args(req)?;
     conf.masq_backend()?;
     // `<bridge>.<vlan>` must be a valid name before anything is made; the
     // reference finds out halfway through its ADD.
@@ -69,9 +70,12 @@ fn masq_gc(conf: &NetConf, valid: &[String]) -> Result<(), CniError> {
     }
 }
 
-fn cni_args_mac(req: &Request) -> Result<Option<String>, CniError> {
+/// `CNI_ARGS` as the reference's bridge reads them on every command: `MAC`
+/// is its one key, and any other is refused unless `IgnoreUnknown` is set.
+fn cni_args(req: &Request) -> Result<CniArgs, CniError> {
     let args = CniArgs::parse(&req.env.args)?;
-    Ok(args.get("MAC").map(str::to_string))
+    args.check_known(&["MAC"])?;
+    Ok(args)
 }
 
 /// What an ADD made so far, undone in reverse when a later step fails.
@@ -117,7 +121,7 @@ impl Undo {
 
 fn add(req: &Request) -> Result<CniResult, CniError> {
     let conf = load(req)?;
-    let mac = conf.requested_mac(cni_args_mac(req)?.as_deref());
+    let mac = conf.requested_mac(cni_args(req)?.get("MAC"));
     let netns_path = Path::new(&req.env.netns);
     // Fail before touching anything when the netns is missing.
     netns::open(netns_path).map_err(ns_err)?;
@@ -246,6 +250,7 @@ fn add_steps(
 
 fn del(req: &Request) -> Result<(), CniError> {
     let conf = NetConf::load(&req.stdin)?;
+    cni_args(req)?;
     let id = &req.env.container_id;
     // Every path below calls this once: the address and the spoof-check
     // rules do not need the netns to be released.

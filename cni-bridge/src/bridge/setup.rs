@@ -224,6 +224,9 @@ pub fn attach_host_end(
             .map_err(|e| nl_err(format!("failed to set port isolation on {host}"), e))?;
     }
     vlan_setup::configure_port(nl, &link, conf)?;
+    // A router advertisement on the bridge must not configure the host
+    // end (the reference's setting). Without IPv6 there is nothing to set.
+    let _ = sysctl::set(&format!("net/ipv6/conf/{host}/accept_ra"), "0");
     nl.set_up(link.index)
         .map_err(|e| nl_err(format!("failed to set {host:?} up"), e))?;
     nl.link_by_index(link.index)

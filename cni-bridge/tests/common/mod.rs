@@ -183,6 +183,7 @@ pub fn links_json(raw: &str) -> Vec<Value> {
         flags.retain(|f| f != "LOWER_UP" && f != "M-DOWN" && f != "NO-CARRIER");
         out.push(json!({
             "name": l["ifname"], "kind": l["linkinfo"]["info_kind"], "mtu": l["mtu"],
+            "txqlen": l["txqlen"],
             "flags": flags, "mac": l["address"], "promiscuity": l["promiscuity"],
             "master": l["master"],
             "hairpin": l["linkinfo"]["info_slave_data"]["hairpin"],
@@ -213,9 +214,20 @@ pub fn addrs_json(raw: &str) -> Vec<String> {
     out
 }
 
+/// Whether each interface takes router advertisements (the bridge and the
+/// host ends must not: their routes are the plugin's).
+pub fn accept_ra(ns: &Netns) -> String {
+    ns.try_sh(
+        "for d in /proc/sys/net/ipv6/conf/*/; do n=${d%/}; n=${n##*/}; \
+         case $n in all|default) continue;; esac; echo \"accept_ra $n=$(cat $d/accept_ra)\"; done",
+    )
+    .unwrap_or_default()
+}
+
 /// What a test compares of a container netns.
 pub fn container_state(ns: &Netns, ifname: &str) -> String {
     let mut s = format!("{:?}\n{:?}\n", links(ns), addrs(ns));
+    s.push_str(&accept_ra(ns));
     s.push_str(&ns.sh("ip route; ip -6 route | grep -v '^fe80' || true"));
     for key in [
         format!("net/ipv6/conf/{ifname}/accept_dad"),
@@ -234,6 +246,7 @@ pub fn container_state(ns: &Netns, ifname: &str) -> String {
 /// with their exact chain names, and the nft ruleset.
 pub fn host_state(ns: &Netns) -> String {
     let mut s = format!("{:?}\n{:?}\n", links(ns), addrs(ns));
+    s.push_str(&accept_ra(ns));
     s.push_str(&ns.sh(
         "cat /proc/sys/net/ipv4/ip_forward; iptables-save -t nat | grep -v '^#'; nft list ruleset",
     ));
