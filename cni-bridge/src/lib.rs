@@ -7,7 +7,7 @@ pub mod masq_nft;
 pub mod nft;
 pub mod nl;
 pub mod spoofcheck;
-pub mod sysctl;
+pub use netkit::sysctl;
 
 /// Re-exported so `cni_bridge::netns` keeps working for callers.
 pub use netkit::netns;

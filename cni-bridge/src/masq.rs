@@ -204,7 +204,10 @@ pub fn teardown(
         let saved = match save_nat(f) {
             Ok(s) => s,
             // No ip6tables on this node means no v6 rules to remove.
-            Err(MasqError::Spawn { .. }) if f == Family::V6 => continue,
+            Err(MasqError::Run {
+                source: netkit::process::ProcessError::Spawn { .. },
+                ..
+            }) if f == Family::V6 => continue,
             Err(e) => return Err(e),
         };
         let has_chain = saved.lines().any(|l| l.starts_with(&format!(":{chain} ")));
@@ -249,7 +252,10 @@ pub fn collect_garbage(network: &str, valid: &[String]) -> Result<(), MasqError>
     for f in [Family::V4, Family::V6] {
         let saved = match save_nat(f) {
             Ok(s) => s,
-            Err(MasqError::Spawn { .. }) if f == Family::V6 => continue,
+            Err(MasqError::Run {
+                source: netkit::process::ProcessError::Spawn { .. },
+                ..
+            }) if f == Family::V6 => continue,
             Err(e) => return Err(e),
         };
         let mut chains: Vec<&str> = Vec::new();

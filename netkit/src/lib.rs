@@ -1,6 +1,9 @@
-//! Small helpers around Linux network namespaces, shared by the CNI
-//! plugins, pod-runner and the testbed.
+//! Node primitives shared by the CNI plugins, pod-runner, node-sync and the
+//! testbed: network namespaces, `/proc/sys` knobs, and running a child
+//! process (system tools, `nft`, CNI plugins) with a deadline.
 
 pub mod netns;
 pub mod nft;
+pub mod process;
+pub mod sysctl;
 pub mod tool;

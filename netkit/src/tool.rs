@@ -1,19 +1,33 @@
 //! Running a system tool (`iptables-restore`, `ipset`, `nft`) with its
-//! input on stdin: one exec per batch, shared by the plugins and node-sync.
+//! input on stdin: one exec per batch, with a deadline, shared by the
+//! plugins and node-sync.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::process::{self, ProcessError};
+
+/// How long a tool may take when the caller names no deadline: far beyond
+/// any batch of ours (a full `nft -f` of 10,000 Services takes about a
+/// second), short enough that a hung tool cannot hold a node agent.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ToolError {
     #[error("running {tool}: {source}")]
-    Spawn {
+    Run {
         tool: &'static str,
-        source: std::io::Error,
+        source: ProcessError,
     },
     #[error("{tool} failed: {stderr}")]
     Failed { tool: &'static str, stderr: String },
+}
+
+impl ToolError {
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, ToolError::Run { source, .. } if source.is_timeout())
+    }
 }
 
 /// The tool from PATH, else from the usual sbin directories: runtimes do
@@ -33,29 +47,27 @@ pub fn locate(tool: &str) -> PathBuf {
         .unwrap_or_else(|| tool.into())
 }
 
-/// Runs `tool args`, feeding `input` on stdin; its stdout when it
-/// succeeds, its stderr in the error when it does not.
+/// Runs `tool args`, feeding `input` on stdin, within [`DEFAULT_TIMEOUT`];
+/// its stdout when it succeeds, its stderr in the error when it does not.
 pub fn run(tool: &'static str, args: &[&str], input: Option<&str>) -> Result<String, ToolError> {
-    let spawn = |source| ToolError::Spawn { tool, source };
-    let mut child = Command::new(locate(tool))
-        .args(args)
-        .stdin(if input.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(spawn)?;
-    if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
-        stdin.write_all(text.as_bytes()).map_err(spawn)?;
-    }
-    let out = child.wait_with_output().map_err(spawn)?;
-    if !out.status.success() {
+    run_within(tool, args, input, DEFAULT_TIMEOUT)
+}
+
+/// [`run`] with a deadline of the caller's.
+pub fn run_within(
+    tool: &'static str,
+    args: &[&str],
+    input: Option<&str>,
+    timeout: Duration,
+) -> Result<String, ToolError> {
+    let mut cmd = Command::new(locate(tool));
+    cmd.args(args);
+    let out = process::run(cmd, input.map(str::as_bytes), timeout)
+        .map_err(|source| ToolError::Run { tool, source })?;
+    if !out.success() {
         return Err(ToolError::Failed {
             tool,
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            stderr: out.stderr_text(),
         });
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
