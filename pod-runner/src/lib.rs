@@ -1,10 +1,11 @@
 //! pod-runner: a mini kubelet for one pod. The binary is a thin CLI over
-//! these modules; node-sync reuses the containerd client.
+//! these modules.
 
 pub mod api;
 pub mod cgroup;
 pub mod cni;
-pub mod containerd;
+// node-sync's old path to the client, until it uses containerd-api itself.
+pub use containerd_api as containerd;
 pub mod logs;
 pub mod netns;
 pub mod pod;

@@ -7,9 +7,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use containerd_api::Containerd;
 use pod_runner::api::KubeApi;
 use pod_runner::cni::Runtime;
-use pod_runner::containerd::Containerd;
 use pod_runner::logs;
 use pod_runner::runner::{Created, Deleted, Paths, PodView, RunError, Runner};
 use pod_runner::state::Store;
@@ -368,7 +368,7 @@ async fn run(cli: Cli) -> Result<()> {
                 logs::print(&path, &mut out, *follow, || {
                     !matches!(
                         handle.block_on(ctrd.task(&id)),
-                        Ok(Some((pod_runner::containerd::TaskState::Running, _)))
+                        Ok(Some((containerd_api::TaskState::Running, _)))
                     )
                 })
             })

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::containerd::hex;
+use containerd_api::hex;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {

@@ -1,7 +1,7 @@
 //! Images a pod needs, by the container's imagePullPolicy, unpacked and
 //! ready for snapshots.
 
-use crate::containerd::{ImageInfo, normalize};
+use containerd_api::{ImageInfo, normalize};
 
 use super::{RunError, Runner, warn};
 

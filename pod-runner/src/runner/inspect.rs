@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::containerd::TaskState;
 use crate::state::PodRecord;
+use containerd_api::TaskState;
 
 use super::{RunError, Runner};
 

@@ -11,11 +11,11 @@ use std::path::PathBuf;
 
 use crate::api::{ApiError, KubeApi};
 use crate::cni::{self, CniRunError};
-use crate::containerd::{Containerd, CtrdError};
 use crate::netns::NetnsError;
 use crate::pod::PodError;
 use crate::spec::SpecError;
 use crate::state::{StateError, Store};
+use containerd_api::{Containerd, CtrdError};
 
 pub use create::Created;
 pub use inspect::{ContainerView, PodView};

@@ -10,8 +10,8 @@ use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use serde_json::Value;
 
-use super::image::gc_labels;
-use super::{Containerd, CtrdError, ImageRef};
+use crate::image::gc_labels;
+use crate::{Containerd, CtrdError, ImageRef};
 
 const MANIFEST_TYPES: [&str; 4] = [
     "application/vnd.oci.image.index.v1+json",

@@ -16,7 +16,7 @@ use containerd_client::types::Descriptor;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::{Containerd, CtrdError, rpc};
+use crate::{Containerd, CtrdError, rpc};
 
 pub const SNAPSHOTTER: &str = "overlayfs";
 
@@ -54,7 +54,8 @@ pub fn chain_ids(diff_ids: &[String]) -> Vec<String> {
     out
 }
 
-pub(crate) fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex, as digests and IDs are written.
+pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 

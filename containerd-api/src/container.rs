@@ -14,8 +14,8 @@ use containerd_client::types::Mount;
 use containerd_client::types::v1::Status;
 use prost_types::Any;
 
-use super::unpack::SNAPSHOTTER;
-use super::{Containerd, CtrdError, rpc};
+use crate::unpack::SNAPSHOTTER;
+use crate::{Containerd, CtrdError, rpc};
 
 /// containerd stores a runtime spec as JSON under this type URL.
 const SPEC_TYPE: &str = "types.containerd.io/opencontainers/runtime-spec/1/Spec";

@@ -1,7 +1,11 @@
-//! pod-runner's containerd client against a private containerd: an OCI
-//! archive imported over gRPC runs, and no lease is left behind.
+//! The containerd client against a private containerd: an OCI
+//! archive imported over gRPC runs, no lease is left behind, and the
+//! task's start and exit come as events.
 
-use pod_runner::containerd::Containerd;
+use std::time::Duration;
+
+use containerd_api::{Containerd, Event};
+use futures::StreamExt;
 use testbed::Netns;
 use testbed::containerd::Containerd as PrivateContainerd;
 use testbed::image::{single_binary_oci_tar, static_bin};
@@ -48,6 +52,11 @@ async fn imported_image_runs_and_no_lease_is_left() {
     );
 
     // It is complete: containerd unpacks and runs it.
+    let mut events = Box::pin(
+        c.subscribe(&["topic~=\"/tasks/\""])
+            .await
+            .expect("subscribe"),
+    );
     let pod = Netns::new("imp");
     let with_ns = format!("network:{}", pod.path().display());
     ctrd.ctr_ok(&[
@@ -60,6 +69,26 @@ async fn imported_image_runs_and_no_lease_is_left() {
     ]);
     let answer = testbed::http::get(&pod, "127.0.0.1:8080".parse().expect("addr"));
     assert!(answer.starts_with("HTTP/1.0 200 OK"), "{answer}");
+    ctrd.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", "web1"]);
+    let mut seen = Vec::new();
+    while !seen
+        .iter()
+        .any(|e| matches!(e, Event::TaskExit { container_id, exit_status: 137, .. } if container_id == "web1"))
+    {
+        let next = tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .unwrap_or_else(|_| panic!("no exit event within 10 s; saw {seen:?}"))
+            .expect("stream open")
+            .expect("event");
+        assert!(next.topic.starts_with("/tasks/"), "{next:?}");
+        assert_eq!(next.namespace, "testbed");
+        seen.push(next.event);
+    }
+    assert!(
+        seen.iter()
+            .any(|e| matches!(e, Event::TaskStart { container_id, .. } if container_id == "web1")),
+        "{seen:?}"
+    );
 }
 
 #[tokio::test]

@@ -1,8 +1,11 @@
-//! containerd over its gRPC API (containerd-client): every request carries
-//! the namespace, and work that creates content or snapshots runs under a
+//! containerd over its gRPC API (containerd-client), the client pod-runner
+//! and node-sync share: version, images (import from OCI archives, pull,
+//! unpack), containers, tasks and events. Every request carries the
+//! namespace, and work that creates content or snapshots runs under a
 //! lease so containerd's garbage collector cannot take it half-way.
 
 mod container;
+mod events;
 mod image;
 mod pull;
 mod unpack;
@@ -15,10 +18,10 @@ use tonic::Request;
 use tonic::metadata::MetadataValue;
 
 pub use container::{Listed, NewContainer, TaskState};
+pub use events::{Envelope, Event};
 pub use image::ImageRef;
 pub use pull::normalize;
-pub(crate) use unpack::hex;
-pub use unpack::{ImageInfo, chain_ids};
+pub use unpack::{ImageInfo, chain_ids, hex};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CtrdError {
@@ -36,6 +39,8 @@ pub enum CtrdError {
     Archive { path: String, msg: String },
     #[error("image {name}: {msg}")]
     Image { name: String, msg: String },
+    #[error("containerd event {topic}: {msg}")]
+    Event { topic: String, msg: String },
 }
 
 impl CtrdError {

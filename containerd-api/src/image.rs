@@ -13,7 +13,7 @@ use containerd_client::services::v1::{
 use containerd_client::types::Descriptor;
 use serde_json::Value;
 
-use super::{Containerd, CtrdError, rpc};
+use crate::{Containerd, CtrdError, rpc};
 
 /// What an import created.
 #[derive(Debug, Clone, PartialEq, Eq)]
