@@ -79,7 +79,7 @@ impl Agent {
     async fn runtime_version(&self) -> Result<String, String> {
         let c = tokio::time::timeout(
             Duration::from_secs(2),
-            pod_runner::containerd::Containerd::connect(&self.cfg.containerd_socket, "k8s.io"),
+            containerd_api::Containerd::connect(&self.cfg.containerd_socket, "k8s.io"),
         )
         .await
         .map_err(|_| {
@@ -96,9 +96,10 @@ impl Agent {
     }
 
     fn cni(&self) -> Result<(), String> {
-        pod_runner::cni::load_network(&self.cfg.cni_conf_dir)
+        // libcni's rules, as containerd loads it: the first file that loads.
+        cni_runtime::load_network(&self.cfg.cni_conf_dir)
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(|e| format!("CNI config: {e}"))
     }
 
     /// One heartbeat: the Node registered, its status patched when it

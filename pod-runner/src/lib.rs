@@ -4,8 +4,6 @@
 pub mod api;
 pub mod cgroup;
 pub mod cni;
-// node-sync's old path to the client, until it uses containerd-api itself.
-pub use containerd_api as containerd;
 pub mod logs;
 pub mod netns;
 pub mod pod;
