@@ -453,6 +453,11 @@ impl Demo {
             .arg(self.ctrds[i].socket())
             .arg("--cni-conf-dir")
             .arg(self.node_dir(node).join("net.d"))
+            // The emulated nodes share the host's disk with the build tree,
+            // which can hold it under the kubelet's 10% (DiskPressure, and
+            // a NoSchedule taint the scheduler honours): each node's nodefs
+            // is the host's tmpfs instead.
+            .args(["--nodefs", "/dev/shm"])
             .env("NO_COLOR", "1");
         c
     }
@@ -477,14 +482,31 @@ impl Demo {
 
     /// Polls `f` every 200 ms until it returns a value, for `secs` at most.
     fn wait<T>(&self, what: &str, secs: u64, mut f: impl FnMut() -> Option<T>) -> Res<T> {
+        self.wait_because(what, secs, || f().ok_or_else(String::new))
+    }
+
+    /// [`Self::wait`] for a check that says why it is not there yet; the
+    /// last reason is the error's.
+    fn wait_because<T>(
+        &self,
+        what: &str,
+        secs: u64,
+        mut f: impl FnMut() -> Result<T, String>,
+    ) -> Res<T> {
         let t = Instant::now();
         loop {
             check_interrupt()?;
-            if let Some(v) = f() {
-                return Ok(v);
-            }
+            let why = match f() {
+                Ok(v) => return Ok(v),
+                Err(why) => why,
+            };
             if t.elapsed() > Duration::from_secs(secs) {
-                return Err(fail(format!("{what}: not within {secs} s")));
+                let why = if why.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({why})")
+                };
+                return Err(fail(format!("{what}: not within {secs} s{why}")));
             }
             std::thread::sleep(Duration::from_millis(200));
         }
@@ -546,47 +568,62 @@ impl Demo {
         self.agents = agents;
         let nodes: Api<Node> = Api::all(admin.clone());
         steps.run("the Nodes are Ready and schedulable", || {
-            let lines =
-                self.wait("the Nodes Ready", 60, || {
-                    let mut lines = Vec::new();
-                    for (name, ..) in NODES {
-                        let n = self.rt.block_on(nodes.get_opt(name)).ok().flatten()?;
-                        let st = n.status.clone().unwrap_or_default();
-                        let ready = st
-                            .conditions
-                            .as_ref()
-                            .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
-                            .map(|c| c.status.clone());
-                        if ready.as_deref() != Some("True") {
-                            return None;
-                        }
-                        // Schedulable too: the node lifecycle controller lifts
-                        // the not-ready taint a moment after Ready. (With the
-                        // stand-in, the demo is the scheduler.)
-                        let tainted =
-                            self.real()
-                                && n.spec.as_ref().and_then(|s| s.taints.as_ref()).is_some_and(
-                                    |t| t.iter().any(|t| t.key.starts_with("node.kubernetes.io/")),
-                                );
-                        if tainted {
-                            return None;
-                        }
-                        let info = st.node_info.clone().unwrap_or_default();
-                        let ip = st
-                            .addresses
-                            .unwrap_or_default()
-                            .into_iter()
-                            .find(|a| a.type_ == "InternalIP")
-                            .map(|a| a.address)
-                            .unwrap_or_default();
-                        let cidr = n.spec.and_then(|s| s.pod_cidr).unwrap_or_default();
-                        lines.push(format!(
-                            "{name:<9} Ready  {ip:<15} {cidr:<14} {} {}",
-                            info.kernel_version, info.container_runtime_version
+            let lines = self.wait_because("the Nodes Ready", 60, || {
+                let mut lines = Vec::new();
+                for (name, ..) in NODES {
+                    let n = match self.rt.block_on(nodes.get_opt(name)) {
+                        Ok(Some(n)) => n,
+                        Ok(None) => return Err(format!("no Node {name}")),
+                        Err(e) => return Err(format!("reading Node {name}: {e}")),
+                    };
+                    let st = n.status.clone().unwrap_or_default();
+                    let ready = st
+                        .conditions
+                        .as_ref()
+                        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"));
+                    if ready.is_none_or(|c| c.status != "True") {
+                        return Err(format!(
+                            "{name} Ready: {}",
+                            ready
+                                .map(|c| format!(
+                                    "{} {}",
+                                    c.status,
+                                    c.message.clone().unwrap_or_default()
+                                ))
+                                .unwrap_or_else(|| "not reported".into())
                         ));
                     }
-                    Some(lines.join("\n"))
-                })?;
+                    // Schedulable too: the node lifecycle controller lifts
+                    // the not-ready taint a moment after Ready. (With the
+                    // stand-in, the demo is the scheduler.)
+                    let taints: Vec<String> = n
+                        .spec
+                        .as_ref()
+                        .and_then(|s| s.taints.as_ref())
+                        .into_iter()
+                        .flatten()
+                        .filter(|t| t.key.starts_with("node.kubernetes.io/"))
+                        .map(|t| format!("{}:{}", t.key, t.effect))
+                        .collect();
+                    if self.real() && !taints.is_empty() {
+                        return Err(format!("{name} tainted {}", taints.join(", ")));
+                    }
+                    let info = st.node_info.clone().unwrap_or_default();
+                    let ip = st
+                        .addresses
+                        .unwrap_or_default()
+                        .into_iter()
+                        .find(|a| a.type_ == "InternalIP")
+                        .map(|a| a.address)
+                        .unwrap_or_default();
+                    let cidr = n.spec.and_then(|s| s.pod_cidr).unwrap_or_default();
+                    lines.push(format!(
+                        "{name:<9} Ready  {ip:<15} {cidr:<14} {} {}",
+                        info.kernel_version, info.container_runtime_version
+                    ));
+                }
+                Ok(lines.join("\n"))
+            })?;
             if self.real() {
                 return Ok(((), self.kubectl(&["get", "nodes", "-o", "wide"])?));
             }
