@@ -167,6 +167,72 @@ async fn client(cfg: &Config) -> Result<Client> {
     Ok(Client::try_from(kc)?)
 }
 
+/// `status`'s routes: ours in the kernel, each marked when the next sync
+/// would delete it, the routes it would add, and every podCIDR refused.
+/// The planner runs here on a fresh list of the Nodes and the kernel, as
+/// the daemon's sync does: one source of truth, current, and there while
+/// the daemon is stopped or its metrics are out of reach.
+async fn routes_status(
+    kernel: &Kernel,
+    cfg: &Config,
+    api: std::result::Result<&Client, String>,
+) -> Result<()> {
+    use k8s_openapi::api::core::v1::Node;
+    use node_sync::routes::plan::{Ours, default_metric};
+    let nodes: Result<Vec<Node>, String> = match api {
+        Ok(c) => kube::Api::<Node>::all(c.clone())
+            .list(&Default::default())
+            .await
+            .map(|l| l.items)
+            .map_err(|e| access::explain(e, Resource::Nodes, access::Verb::List).to_string()),
+        Err(e) => Err(e),
+    };
+    let show = |o: &Ours| {
+        let mut s = o.dst.to_string();
+        if let Some(v) = o.via {
+            s.push_str(&format!(" via {v}"));
+        }
+        if o.metric != default_metric(&o.dst) {
+            s.push_str(&format!(" metric {}", o.metric));
+        }
+        s
+    };
+    let (mut ours, assessed) = match &nodes {
+        Ok(list) => {
+            let a = node_sync::routes::assess(kernel, list, &cfg.node_name).await?;
+            (a.table.ours.clone(), Some(a))
+        }
+        Err(_) => (kernel.read().await?.ours, None),
+    };
+    ours.sort_by_key(|a| (a.dst, a.via, a.metric));
+    println!("routes      {} (proto {})", ours.len(), cfg.route_protocol);
+    for o in &ours {
+        let stale = assessed.as_ref().is_some_and(|a| a.plan.delete.contains(o));
+        let mark = if stale {
+            "  (stale: the next sync deletes it)"
+        } else {
+            ""
+        };
+        println!("  {}{mark}", show(o));
+    }
+    match (&assessed, &nodes) {
+        (Some(a), _) => {
+            for (dst, via) in &a.plan.add {
+                println!("  {dst} via {via}  (missing: the next sync adds it)");
+            }
+            if a.desired.refused.is_empty() {
+                println!("refused     none");
+            }
+            for r in &a.desired.refused {
+                println!("refused     {r} ({})", r.reason.as_str());
+            }
+        }
+        (None, Err(e)) => println!("refused     not checked: {e}"),
+        (None, Ok(_)) => {}
+    }
+    Ok(())
+}
+
 async fn shutdown() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
@@ -183,7 +249,7 @@ async fn shutdown() {
 
 async fn run(cli: Cli) -> Result<()> {
     let cfg = config(&cli.flags)?;
-    let kernel = Kernel::open(cfg.route_protocol)?;
+    let kernel = Kernel::open(cfg.route_protocol)?.with_pod_cidr(cfg.pod_cidr);
     if let Cmd::Status = cli.cmd {
         println!("node        {}", cfg.node_name);
         println!("node IP     {}", cfg.node_ip);
@@ -194,12 +260,8 @@ async fn run(cli: Cli) -> Result<()> {
                 .unwrap_or_else(|| "-".into())
         );
         println!("cluster     {}", cfg.cluster_cidr);
-        let mut ours = kernel.ours().await?;
-        ours.sort();
-        println!("routes      {} (proto {})", ours.len(), cfg.route_protocol);
-        for (dst, via) in ours {
-            println!("  {dst} via {via}");
-        }
+        let api = client(&cfg).await;
+        routes_status(&kernel, &cfg, api.as_ref().map_err(|e| format!("{e:#}"))).await?;
         let mode = format!("{:?}", cfg.proxy_mode).to_lowercase();
         match Backend::choose(cfg.proxy_mode, cfg.cluster_cidr, &cfg.ipvs_scheduler) {
             Ok(None) => println!("proxy mode  none"),
@@ -216,7 +278,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Err(e) => println!("proxy mode  {mode}: {e}"),
         }
-        match client(&cfg).await {
+        match api {
             Ok(c) => {
                 // Asked of the API server's authorizer, not of the daemon:
                 // the answer is current (a refused watcher retries only

@@ -16,12 +16,68 @@ fn labels(l: &[(&str, &str)]) -> String {
     }
     let parts: Vec<String> = l
         .iter()
-        .map(|(k, v)| format!("{k}=\"{}\"", v.replace('\\', "\\\\").replace('"', "\\\"")))
+        .map(|(k, v)| {
+            let v = v
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            format!("{k}=\"{v}\"")
+        })
         .collect();
     format!("{{{}}}", parts.join(","))
 }
 
+/// `labels`' rendering read back: `{k="v",...}` to its pairs.
+fn parse_labels(s: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut rest = s.trim_start_matches('{').trim_end_matches('}');
+    while let Some((k, after)) = rest.split_once("=\"") {
+        let mut v = String::new();
+        let mut chars = after.char_indices();
+        let mut end = after.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some((_, 'n')) => v.push('\n'),
+                    Some((_, c)) => v.push(c),
+                    None => {}
+                },
+                '"' => {
+                    end = i + 1;
+                    break;
+                }
+                c => v.push(c),
+            }
+        }
+        out.push((k.to_string(), v));
+        rest = after[end..].trim_start_matches(',');
+    }
+    out
+}
+
 impl Metrics {
+    /// Every series of `name`, by its labels.
+    pub fn series(&self, name: &str) -> Vec<Vec<(String, String)>> {
+        let Ok(m) = self.values.lock() else {
+            return Vec::new();
+        };
+        m.keys()
+            .filter(|(n, _)| n == name)
+            .map(|(_, l)| parse_labels(l))
+            .collect()
+    }
+
+    /// `name`'s series replaced by `rows` (labels and value), at once: a
+    /// scrape sees the old set or the new one.
+    pub fn replace(&self, name: &str, rows: &[(Vec<(&str, &str)>, f64)]) {
+        if let Ok(mut m) = self.values.lock() {
+            m.retain(|(n, _), _| n != name);
+            for (l, v) in rows {
+                m.insert((name.to_string(), labels(l)), *v);
+            }
+        }
+    }
+
     pub fn set(&self, name: &str, l: &[(&str, &str)], v: f64) {
         if let Ok(mut m) = self.values.lock() {
             m.insert((name.to_string(), labels(l)), v);
@@ -98,5 +154,33 @@ mod tests {
             t.contains("node_sync_sync_duration_seconds{reconciler=\"routes\"} 0.005"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn series_are_read_back_and_replaced_as_a_set() {
+        let m = Metrics::default();
+        let odd = "a \"quoted\" \\ value,\nnext";
+        m.set("x", &[("node", "a"), ("with", odd)], 1.0);
+        m.set("x", &[("node", "b"), ("with", "")], 1.0);
+        m.set("y", &[], 2.0);
+        assert_eq!(
+            m.series("x"),
+            vec![
+                vec![("node".into(), "a".into()), ("with".into(), odd.into())],
+                vec![("node".into(), "b".into()), ("with".into(), String::new())],
+            ]
+        );
+        assert!(
+            m.render()
+                .contains("x{node=\"a\",with=\"a \\\"quoted\\\" \\\\ value,\\nnext\"} 1\n"),
+            "{}",
+            m.render()
+        );
+        m.replace("x", &[(vec![("node", "c")], 1.0)]);
+        assert_eq!(m.series("x"), vec![vec![("node".into(), "c".into())]]);
+        m.replace("x", &[]);
+        assert!(m.series("x").is_empty());
+        assert_eq!(m.get("y", &[]), Some(2.0));
+        assert!(!m.render().contains("# TYPE x"), "{}", m.render());
     }
 }
