@@ -4,6 +4,7 @@
 
 use std::time::SystemTime;
 
+use k8s_conditions::{Check, NodeCondition, Time};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Node;
 use kube::Client;
@@ -28,28 +29,24 @@ pub struct Inputs<'a> {
     pub routes_forbidden: Option<String>,
 }
 
-fn ts(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
-}
-
+/// A condition as the kubelet reports it, its clocks kept by
+/// k8s-conditions (the transition time holds while the status does).
 fn condition(
     kind: &str,
     ok_status: bool,
     reason: &str,
     msg: &str,
-    old: &Value,
-    now: &str,
+    old: &[NodeCondition],
+    now: &Time,
 ) -> Value {
-    let status = if ok_status { "True" } else { "False" };
-    let since = old
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|c| c["type"] == kind && c["status"] == status)
-        .map(|c| c["lastTransitionTime"].clone())
-        .unwrap_or_else(|| json!(now));
-    json!({"type": kind, "status": status, "reason": reason, "message": msg,
-           "lastHeartbeatTime": now, "lastTransitionTime": since})
+    let c = NodeCondition {
+        type_: kind.into(),
+        status: k8s_conditions::status_of(ok_status).into(),
+        reason: Some(reason.into()),
+        message: Some(msg.into()),
+        ..NodeCondition::default()
+    };
+    serde_json::to_value(k8s_conditions::stamp(old, c, now, Check::Now)).unwrap_or_default()
 }
 
 /// The Node object to create when it is missing.
@@ -73,7 +70,8 @@ pub fn node_object(cfg: &Config, hostname: &str) -> Value {
 
 /// The status patch. `old` is the Node's current `status.conditions`.
 pub fn status(i: &Inputs<'_>, old: &Value, now: SystemTime) -> Value {
-    let now = ts(now);
+    let old: &[NodeCondition] = &k8s_conditions::parse(old);
+    let now = k8s_conditions::time(now);
     let m = i.machine;
     let not_ready = match (&i.runtime, &i.cni) {
         (Err(e), _) => Some(format!("container runtime is down: {e}")),

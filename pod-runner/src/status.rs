@@ -7,6 +7,7 @@
 
 use std::time::SystemTime;
 
+use k8s_conditions::{Check, PodCondition, Time};
 use serde_json::{Value, json};
 
 /// A container as observed.
@@ -87,24 +88,23 @@ fn container_status(c: &ContainerObs) -> Value {
     s
 }
 
-/// A condition, keeping the old transition time while the status holds.
-fn condition(kind: &str, ok: bool, reason: Option<&str>, old: &Value, now: &str) -> Value {
-    let status = if ok { "True" } else { "False" };
-    let prev = old
-        .as_array()
-        .into_iter()
-        .flatten()
-        .find(|c| c["type"] == kind);
-    let since = match prev {
-        Some(p) if p["status"] == status => p["lastTransitionTime"].clone(),
-        _ => json!(now),
+/// A condition as the kubelet reports it: a reason only when False, no
+/// probe time (the kubelet never sets one on a Pod condition), the
+/// transition time kept by k8s-conditions while the status holds.
+fn condition(
+    kind: &str,
+    ok: bool,
+    reason: Option<&str>,
+    old: &[PodCondition],
+    now: &Time,
+) -> Value {
+    let c = PodCondition {
+        type_: kind.into(),
+        status: k8s_conditions::status_of(ok).into(),
+        reason: reason.filter(|_| !ok).map(str::to_string),
+        ..PodCondition::default()
     };
-    let mut c = json!({"type": kind, "status": status, "lastProbeTime": null,
-                       "lastTransitionTime": since});
-    if let Some(r) = reason.filter(|_| !ok) {
-        c["reason"] = json!(r);
-    }
-    c
+    serde_json::to_value(k8s_conditions::stamp(old, c, now, Check::Unset)).unwrap_or_default()
 }
 
 /// `ips` as a `podIPs`/`hostIPs` patch over the pod's `old` list: the
@@ -130,8 +130,8 @@ fn ip_list(ips: &[String], old: &Value) -> Value {
 
 /// The patch. `old` is the pod's current `status`.
 pub fn patch(obs: &PodObs, old: &Value, now: SystemTime) -> Value {
-    let old_conditions = &old["conditions"];
-    let now_s = ts(now);
+    let old_conditions: &[PodCondition] = &k8s_conditions::parse(&old["conditions"]);
+    let now_s = k8s_conditions::time(now);
     let all_running = !obs.containers.is_empty()
         && obs
             .containers
