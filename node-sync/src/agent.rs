@@ -1,10 +1,17 @@
-//! The daemon: independent reconcilers on one runtime. Node status and the
-//! Lease beat on a timer; routes follow a kube-runtime watch of the Nodes
-//! (with backoff on API errors, and a reflector store that holds the last
-//! complete list, so an error or a list in progress never empties the
-//! routes). A 403 from a watcher is reported through [`Access`], once per
-//! transition. Shutdown leaves everything programmed in place.
+//! The daemon: independent reconcilers, each its own task on one runtime.
+//! Node status and the Lease beat on a timer; routes follow a kube-runtime
+//! watch of the Nodes (with backoff on API errors, and a reflector store
+//! that holds the last complete list, so an error or a list in progress
+//! never empties the routes); Services follow theirs
+//! ([`services::reconciler`]). Blocking kernel and tool work runs off the
+//! async workers with a deadline, so nothing one reconciler waits for
+//! delays the Lease. A failed or timed-out step is reported through
+//! [`Steps`] and retried with back-off; syncs are rate-bounded
+//! ([`crate::pace`]). A 403 from a watcher is reported through
+//! [`Access`], once per transition. Shutdown leaves everything programmed
+//! in place.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
@@ -13,54 +20,57 @@ use futures::{FutureExt, StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::Node;
 use kube::Client;
 use kube::api::{Api, ListParams};
-use kube::runtime::watcher::{self, Event};
+use kube::runtime::watcher;
 use kube::runtime::{WatchStreamExt, reflector};
 use serde_json::Value;
 
 use crate::access::{self, Access, Resource, Verb};
+use crate::blocking;
 use crate::config::Config;
 use crate::machine::Machine;
 use crate::metrics::Metrics;
 use crate::nodestatus::{self, Inputs, Reporter};
+use crate::pace::{Backoff, Bounded, Next, Schedule};
 use crate::routes::{self, Kernel};
-use crate::services::backend::Backend;
-use crate::services::{self, ServicePort};
-
-/// One watch's news, whatever it watches.
-enum Ev {
-    Listing,
-    Listed,
-    Changed,
-    Failed(String),
-    /// A 403: [`Access`] has said so.
-    Forbidden,
-}
-
-/// `r` told to `access` (as `resource`'s), and what it means here.
-fn news<K>(access: &Access, resource: Resource, r: Result<Event<K>, watcher::Error>) -> Ev {
-    access.observe(resource, &r);
-    match r {
-        Ok(Event::Init | Event::InitApply(_)) => Ev::Listing,
-        Ok(Event::InitDone) => Ev::Listed,
-        Ok(Event::Apply(_) | Event::Delete(_)) => Ev::Changed,
-        Err(e) if access::watch_forbidden(&e).is_some() => Ev::Forbidden,
-        Err(e) => Ev::Failed(e.to_string()),
-    }
-}
+use crate::services::backend::{Backend, ServicesBackend};
+use crate::services::reconciler::{Pacing, Reconciler};
+use crate::services::{self};
+use crate::steps::{Failure, Steps};
+use crate::watch::{self, Ev, news};
 
 /// Status is sent at least this often, changed or not.
 const REPORT_EVERY: Duration = Duration::from_secs(60);
 const LEASE_EVERY: Duration = Duration::from_secs(10);
+/// A beat (reads of the node, the status patch, the Lease) abandoned
+/// after this long: the next one starts on time.
+const BEAT_LIMIT: Duration = Duration::from_secs(8);
+/// Reading the node's facts (statvfs of nodefs, /proc, the CNI config
+/// dir) off the async workers, within this.
+const FACTS_LIMIT: Duration = Duration::from_secs(3);
 /// Routes are compared with the kernel this often without any event, to
 /// repair what someone else changed.
 const RESYNC_EVERY: Duration = Duration::from_secs(30);
+/// One routes sync (a dump and a few rtnetlink messages) abandoned after
+/// this long, and retried with back-off.
+const ROUTES_LIMIT: Duration = Duration::from_secs(15);
+/// Routes sync at once on a change, three times back to back, then at
+/// most twice a second: a Node's create, its status and a delete come in
+/// quick succession and are each worth following, while the status
+/// updates of a thousand Nodes coalesce. A sync (a dump, a plan, a few
+/// messages) costs milliseconds.
+const ROUTES_MIN_INTERVAL: Duration = Duration::from_millis(500);
+const ROUTES_BURST: u32 = 3;
 /// Refused watches are asked about this often (see [`Access::recheck`]).
 const RECHECK_EVERY: Duration = Duration::from_secs(10);
 
 pub struct Agent {
     pub cfg: Config,
+    /// For requests: read timeout bounded.
     pub client: Client,
+    /// For watches: no read timeout, the server ends each watch.
+    pub watch_client: Client,
     pub metrics: Arc<Metrics>,
+    pub steps: Arc<Steps>,
     pub hostname: String,
     pub routes_ready: Arc<AtomicBool>,
     pub access: Arc<Access>,
@@ -73,6 +83,8 @@ pub struct Beat {
     conditions: Value,
     sent: Option<(Value, Instant)>,
     lease_at: Option<Instant>,
+    /// The last facts read, for a beat whose read does not come in time.
+    machine: Option<Machine>,
 }
 
 impl Agent {
@@ -95,16 +107,38 @@ impl Agent {
             .map_err(|e| e.to_string())
     }
 
-    fn cni(&self) -> Result<(), String> {
+    /// Read on the blocking pool (see [`Agent::facts`]).
+    fn cni(conf_dir: &Path) -> Result<(), String> {
         // libcni's rules, as containerd loads it: the first file that loads.
-        cni_runtime::load_network(&self.cfg.cni_conf_dir)
+        cni_runtime::load_network(conf_dir)
             .map(|_| ())
             .map_err(|e| format!("CNI config: {e}"))
     }
 
+    /// The node's facts and the CNI config check, off the async workers
+    /// (statvfs of a hung filesystem never returns); the last facts when
+    /// they do not come in time.
+    async fn facts(&self, b: &mut Beat) -> Result<(Machine, Result<(), String>), BeatError> {
+        let (nodefs, conf_dir) = (self.cfg.nodefs.clone(), self.cfg.cni_conf_dir.clone());
+        match blocking::run("reading the node's facts", FACTS_LIMIT, move || {
+            (Machine::read(&nodefs), Agent::cni(&conf_dir))
+        })
+        .await
+        {
+            Ok((m, cni)) => {
+                b.machine = Some(m.clone());
+                Ok((m, cni))
+            }
+            Err(e) => match &b.machine {
+                Some(m) => Ok((m.clone(), Err(e.to_string()))),
+                None => Err(e.into()),
+            },
+        }
+    }
+
     /// One heartbeat: the Node registered, its status patched when it
     /// changed (or a minute passed), the Lease renewed every 10 s.
-    pub async fn beat(&self, b: &mut Beat, force: bool) -> Result<(), kube::Error> {
+    pub async fn beat(&self, b: &mut Beat, force: bool) -> Result<(), BeatError> {
         let t = Instant::now();
         let reporter = Reporter::new(self.client.clone(), &self.cfg.node_name);
         let r = async {
@@ -119,13 +153,13 @@ impl Agent {
                     .and_then(|s| serde_json::to_value(&s.conditions).ok())
                     .unwrap_or(Value::Null);
             }
-            let machine = Machine::read(&self.cfg.nodefs);
+            let (machine, cni) = self.facts(b).await?;
             let inputs = Inputs {
                 cfg: &self.cfg,
                 hostname: &self.hostname,
                 machine: &machine,
                 runtime: self.runtime_version().await,
-                cni: self.cni(),
+                cni,
                 routes_ready: self.routes_ready.load(Ordering::SeqCst),
                 routes_forbidden: self.access.denial(Resource::Nodes),
             };
@@ -153,13 +187,22 @@ impl Agent {
                     },
                 );
             }
-            if force || b.lease_at.is_none_or(|at| at.elapsed() >= LEASE_EVERY) {
+            // Renewed at this beat when waiting for the next one would
+            // leave it older than LEASE_EVERY (at a 10-s tick: every beat).
+            let tick = self.cfg.status_interval.min(LEASE_EVERY);
+            if force
+                || b.lease_at
+                    .is_none_or(|at| at.elapsed() + tick > LEASE_EVERY)
+            {
                 reporter.renew_lease(b.node_uid.as_deref()).await?;
                 b.lease_at = Some(Instant::now());
             }
-            Ok(())
-        }
-        .await;
+            Ok::<(), BeatError>(())
+        };
+        let r = match tokio::time::timeout(BEAT_LIMIT, r).await {
+            Ok(r) => r,
+            Err(_) => Err(BeatError::TimedOut(BEAT_LIMIT)),
+        };
         self.metrics
             .observe_sync("heartbeat", t.elapsed(), r.is_ok());
         if r.is_err() {
@@ -200,7 +243,14 @@ impl Agent {
         else {
             return Ok(None);
         };
-        take_over(&backend).await;
+        match backend.take_over().await {
+            Ok(true) => tracing::info!(
+                backend = backend.name(),
+                "services: removed what the other proxy mode had programmed"
+            ),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("services: removing the other proxy mode's rules: {e}"),
+        }
         let lp = ListParams::default();
         let c = &self.client;
         use services::objects::{EpsObj, SliceObj, SvcObj, compact};
@@ -231,121 +281,142 @@ impl Agent {
             tracing::warn!("services: {s}");
         }
         // nftables builds on the table it finds; IPVS syncs in full.
-        let prev = backend.recheck(None).await;
+        let prev = backend.recheck(None).await.unwrap_or_else(|e| {
+            tracing::warn!("services: reading what is programmed: {e}");
+            None
+        });
         backend.apply(&want, prev.as_deref()).await?;
         Ok(Some((want.len(), backend.name())))
     }
 
+    /// Beats every status interval (at most [`LEASE_EVERY`]); a beat
+    /// that fails is retried at the next tick, which is sooner than any
+    /// back-off the Lease could afford.
     async fn heartbeat_loop(&self) {
         let mut b = Beat::default();
         let mut tick = tokio::time::interval(self.cfg.status_interval.min(LEASE_EVERY));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(e) = self.beat(&mut b, false).await {
-                tracing::warn!("heartbeat: {e}");
-            }
-        }
-    }
-
-    async fn routes_loop(&self, kernel: &Kernel) {
-        let api: Api<Node> = Api::all(self.client.clone());
-        let (reader, writer) = reflector::store();
-        let mut events = reflector(writer, watcher::watcher(api, watcher::Config::default()))
-            .default_backoff()
-            .boxed();
-        let mut complete = false;
-        let mut resync = tokio::time::interval(RESYNC_EVERY);
-        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let changed = tokio::select! {
-                ev = events.next() => match ev.map(|e| news(&self.access, Resource::Nodes, e)) {
-                    None => return,
-                    Some(Ev::Failed(e)) => {
-                        self.metrics.inc("node_sync_errors_total", &[("reconciler", "watch")]);
-                        tracing::warn!("watching nodes: {e}");
-                        false
-                    }
-                    Some(Ev::Forbidden) => {
-                        self.metrics.inc("node_sync_errors_total", &[("reconciler", "watch")]);
-                        false
-                    }
-                    Some(Ev::Listing) => false,
-                    Some(Ev::Listed) => { complete = true; true }
-                    Some(Ev::Changed) => true,
-                },
-                _ = resync.tick() => true,
-            };
-            if !changed || !complete {
-                continue;
-            }
-            // Events that are already here go into the same sync.
-            while let Some(Some(ev)) = events.next().now_or_never() {
-                if let Ev::Listed = news(&self.access, Resource::Nodes, ev) {
-                    complete = true;
+            match self.beat(&mut b, false).await {
+                Ok(()) => self.steps.ok("heartbeat"),
+                Err(e) => {
+                    let why = if e.is_timeout() {
+                        Failure::TimedOut(e.to_string())
+                    } else {
+                        Failure::Failed(e.to_string())
+                    };
+                    self.steps.failed("heartbeat", why, tick.period());
                 }
             }
-            let nodes = reader.state();
-            self.metrics.set(
-                "node_sync_objects_seen",
-                &[("kind", "Node")],
-                nodes.len() as f64,
-            );
-            match routes::sync(
-                kernel,
-                nodes.iter().map(|n| n.as_ref()),
-                &self.cfg.node_name,
-                &self.metrics,
-            )
-            .await
-            {
-                Ok(_) => self.routes_ready.store(true, Ordering::SeqCst),
-                Err(e) => tracing::warn!("routes: {e}"),
-            }
         }
     }
 
-    /// Programs `want` when it differs from what is there (`last`: what
-    /// we applied, or what we found at start).
-    async fn services_apply(
-        &self,
-        backend: &mut Backend,
-        want: Vec<ServicePort>,
-        last: &mut Option<Vec<ServicePort>>,
-    ) {
-        if last.as_ref() == Some(&want) {
-            return;
-        }
-        let t = Instant::now();
-        let r = backend.apply(&want, last.as_deref()).await;
-        self.metrics
-            .observe_sync("services", t.elapsed(), r.is_ok());
-        match r {
-            Ok(()) => {
-                tracing::info!(
-                    services = want.len(),
-                    took = ?t.elapsed(),
-                    "services: {} programmed",
-                    backend.name()
-                );
+    async fn routes_loop(&self, kernel: Kernel) {
+        const NAME: &str = "routes";
+        let api: Api<Node> = Api::all(self.watch_client.clone());
+        let (reader, writer) = reflector::store();
+        let mut events = reflector(
+            writer,
+            watcher::watcher(api, watch::config(self.cfg.watch_timeout_seconds)),
+        )
+        .default_backoff()
+        .boxed();
+        let mut complete = false;
+        let mut schedule = Schedule::new(
+            Bounded::new(ROUTES_MIN_INTERVAL, ROUTES_BURST, Instant::now()),
+            Backoff::new(Duration::from_secs(1), RESYNC_EVERY),
+        );
+        let start = tokio::time::Instant::now() + RESYNC_EVERY;
+        let mut resync = tokio::time::interval_at(start, RESYNC_EVERY);
+        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let on_news = |ev: Ev, complete: &mut bool| match ev {
+            Ev::Failed(e) => {
                 self.metrics
-                    .set("node_sync_service_ports_programmed", &[], want.len() as f64);
-                self.metrics.set(
-                    "node_sync_service_endpoints_programmed",
-                    &[],
-                    want.iter().map(|s| s.endpoints.len()).sum::<usize>() as f64,
-                );
-                *last = Some(want);
+                    .inc("node_sync_errors_total", &[("reconciler", "watch")]);
+                tracing::warn!("watching nodes: {e}");
+                false
             }
-            Err(e) => tracing::warn!("services: {e}"),
+            Ev::Forbidden => {
+                self.metrics
+                    .inc("node_sync_errors_total", &[("reconciler", "watch")]);
+                false
+            }
+            Ev::Listing => false,
+            Ev::Listed => {
+                *complete = true;
+                true
+            }
+            Ev::Changed => true,
+        };
+        loop {
+            let next = if complete {
+                schedule.next(Instant::now())
+            } else {
+                Next::Idle
+            };
+            let wake = async move {
+                match next {
+                    Next::Idle => std::future::pending().await,
+                    Next::Now => {}
+                    Next::At(t) => {
+                        tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await
+                    }
+                }
+            };
+            tokio::select! {
+                ev = events.next() => match ev {
+                    None => return,
+                    Some(ev) => if on_news(news(&self.access, Resource::Nodes, ev), &mut complete) {
+                        schedule.want();
+                    },
+                },
+                _ = resync.tick() => schedule.want(),
+                _ = wake => {
+                    // Events that are already here go into the same sync.
+                    while let Some(Some(ev)) = events.next().now_or_never() {
+                        on_news(news(&self.access, Resource::Nodes, ev), &mut complete);
+                    }
+                    if !complete || !schedule.start(Instant::now()) {
+                        continue;
+                    }
+                    let nodes = reader.state();
+                    self.metrics.set(
+                        "node_sync_objects_seen",
+                        &[("kind", "Node")],
+                        nodes.len() as f64,
+                    );
+                    let sync = routes::sync(
+                        &kernel,
+                        nodes.iter().map(|n| n.as_ref()),
+                        &self.cfg.node_name,
+                        &self.metrics,
+                    );
+                    let r = match tokio::time::timeout(ROUTES_LIMIT, sync).await {
+                        Ok(Ok(_)) => Ok(()),
+                        Ok(Err(e)) => Err(Failure::Failed(e.to_string())),
+                        Err(_) => {
+                            self.metrics.inc("node_sync_errors_total", &[("reconciler", NAME)]);
+                            Err(Failure::TimedOut(format!("no answer from the kernel within {ROUTES_LIMIT:?}")))
+                        }
+                    };
+                    let wait = schedule.finished(Instant::now(), r.is_ok());
+                    match r {
+                        Ok(()) => {
+                            self.routes_ready.store(true, Ordering::SeqCst);
+                            self.steps.ok(NAME);
+                        }
+                        Err(why) => self.steps.failed(NAME, why, wait.unwrap_or_default()),
+                    }
+                }
+            }
         }
     }
 
-    /// Services, EndpointSlices and Endpoints watched; the table follows
-    /// once all three lists are complete, so a partial list or an API
-    /// error never empties it. What a previous run programmed is adopted.
+    /// Services, EndpointSlices and Endpoints watched into the backend
+    /// `--proxy-mode` picks (see [`services::reconciler`]).
     async fn services_loop(&self) {
-        let mut backend = match Backend::choose(
+        let backend = match Backend::choose(
             self.cfg.proxy_mode,
             self.cfg.cluster_cidr,
             &self.cfg.ipvs_scheduler,
@@ -362,124 +433,30 @@ impl Agent {
             }
         };
         tracing::info!(mode = ?self.cfg.proxy_mode, backend = backend.name(), "services: backend chosen");
-        take_over(&backend).await;
-        self.metrics.set(
-            "node_sync_proxy_backend",
-            &[("backend", backend.name())],
-            1.0,
-        );
         use k8s_openapi::api::core::v1::{Endpoints, Service};
         use k8s_openapi::api::discovery::v1::EndpointSlice;
-        let c = &self.client;
         use services::objects::{self as obj, EpsObj, SliceObj, SvcObj};
-        let (svc_r, svc_w) = reflector::store::<SvcObj>();
-        let (sl_r, sl_w) = reflector::store::<SliceObj>();
-        let (ep_r, ep_w) = reflector::store::<EpsObj>();
-        let cfg = watcher::Config::default;
+        let c = &self.watch_client;
+        let cfg = || watch::config(self.cfg.watch_timeout_seconds);
         // Only what the model reads is stored: see services::objects.
-        let streams = vec![
-            reflector(
-                svc_w,
-                watcher::watcher(Api::<Service>::all(c.clone()), cfg())
-                    .map_ok(obj::event::<Service, SvcObj>),
-            )
-            .default_backoff()
-            .map(|e| (0usize, news(&self.access, Resource::Services, e)))
-            .boxed(),
-            reflector(
-                sl_w,
-                watcher::watcher(Api::<EndpointSlice>::all(c.clone()), cfg())
-                    .map_ok(obj::event::<EndpointSlice, SliceObj>),
-            )
-            .default_backoff()
-            .map(|e| (1usize, news(&self.access, Resource::EndpointSlices, e)))
-            .boxed(),
-            reflector(
-                ep_w,
-                watcher::watcher(Api::<Endpoints>::all(c.clone()), cfg())
-                    .map_ok(obj::event::<Endpoints, EpsObj>),
-            )
-            .default_backoff()
-            .map(|e| (2usize, news(&self.access, Resource::Endpoints, e)))
-            .boxed(),
-        ];
-        let mut events = futures::stream::select_all(streams);
-        let mut complete = [false; 3];
-        // What a previous run left: adopted (nftables), or read in full by
-        // the first sync (IPVS).
-        let mut last = backend.recheck(None).await;
-        let mut resync = tokio::time::interval(RESYNC_EVERY);
-        resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let mut changed = tokio::select! {
-                ev = events.next() => match ev {
-                    None => return,
-                    Some((i, ev)) => self.services_news(i, ev, &mut complete),
-                },
-                _ = resync.tick() => {
-                    // Repair what someone else changed: nftables by
-                    // reading the table back if anything was committed
-                    // since; IPVS by a sync, which also compares the
-                    // sets, chains and VIPs and changes only what differs.
-                    last = backend.recheck(last.take()).await;
-                    true
-                }
-            };
-            while let Some(Some((i, ev))) = events.next().now_or_never() {
-                changed |= self.services_news(i, ev, &mut complete);
-            }
-            if !changed || complete.contains(&false) {
-                continue;
-            }
-            let (svcs, slices, eps) = (svc_r.state(), sl_r.state(), ep_r.state());
-            self.metrics.set(
-                "node_sync_objects_seen",
-                &[("kind", "Service")],
-                svcs.len() as f64,
-            );
-            self.metrics.set(
-                "node_sync_objects_seen",
-                &[("kind", "EndpointSlice")],
-                slices.len() as f64,
-            );
-            self.metrics.set(
-                "node_sync_objects_seen",
-                &[("kind", "Endpoints")],
-                eps.len() as f64,
-            );
-            let (want, skipped) = services::model::desired(
-                svcs.iter().map(AsRef::as_ref),
-                slices.iter().map(AsRef::as_ref),
-                eps.iter().map(AsRef::as_ref),
-            );
-            drop((svcs, slices, eps));
-            for s in &skipped {
-                tracing::warn!("services: {s}");
-            }
-            self.services_apply(&mut backend, want, &mut last).await;
+        let svcs = watcher::watcher(Api::<Service>::all(c.clone()), cfg())
+            .map_ok(obj::event::<Service, SvcObj>)
+            .default_backoff();
+        let slices = watcher::watcher(Api::<EndpointSlice>::all(c.clone()), cfg())
+            .map_ok(obj::event::<EndpointSlice, SliceObj>)
+            .default_backoff();
+        let eps = watcher::watcher(Api::<Endpoints>::all(c.clone()), cfg())
+            .map_ok(obj::event::<Endpoints, EpsObj>)
+            .default_backoff();
+        Reconciler {
+            backend,
+            metrics: Arc::clone(&self.metrics),
+            steps: Arc::clone(&self.steps),
+            access: Arc::clone(&self.access),
+            pacing: Pacing::default(),
         }
-    }
-
-    fn services_news(&self, i: usize, ev: Ev, complete: &mut [bool; 3]) -> bool {
-        match ev {
-            Ev::Listing => false,
-            Ev::Listed => {
-                complete[i] = true;
-                true
-            }
-            Ev::Changed => true,
-            Ev::Failed(e) => {
-                self.metrics
-                    .inc("node_sync_errors_total", &[("reconciler", "watch")]);
-                tracing::warn!("watching services: {e}");
-                false
-            }
-            Ev::Forbidden => {
-                self.metrics
-                    .inc("node_sync_errors_total", &[("reconciler", "watch")]);
-                false
-            }
-        }
+        .run(svcs, slices, eps)
+        .await
     }
 
     async fn recheck_loop(&self) {
@@ -491,27 +468,47 @@ impl Agent {
         }
     }
 
-    /// Runs until `shutdown` resolves; leaves routes and the Node as they are.
+    /// Runs until `shutdown` resolves, each reconciler its own task;
+    /// leaves routes and the Node as they are.
     pub async fn run(self, kernel: Kernel, shutdown: impl std::future::Future<Output = ()>) {
+        let me = Arc::new(self);
+        let mut tasks = tokio::task::JoinSet::new();
+        let a = Arc::clone(&me);
+        tasks.spawn(async move { a.heartbeat_loop().await });
+        let a = Arc::clone(&me);
+        tasks.spawn(async move { a.routes_loop(kernel).await });
+        let a = Arc::clone(&me);
+        tasks.spawn(async move { a.services_loop().await });
+        let a = Arc::clone(&me);
+        tasks.spawn(async move { a.recheck_loop().await });
         tokio::select! {
-            _ = self.heartbeat_loop() => {}
-            _ = self.routes_loop(&kernel) => {}
-            _ = self.services_loop() => {}
-            _ = self.recheck_loop() => {}
+            Some(r) = tasks.join_next() => {
+                if let Err(e) = r {
+                    tracing::error!("a reconciler ended: {e}");
+                }
+            }
             _ = shutdown => tracing::info!("stopping; routes and the Node stay as programmed"),
         }
+        tasks.abort_all();
     }
 }
 
-/// The other backend's leftovers removed, with a line saying so; a
-/// failure is logged, and Services are programmed all the same.
-async fn take_over(backend: &Backend) {
-    match backend.take_over().await {
-        Ok(true) => tracing::info!(
-            backend = backend.name(),
-            "services: removed what the other proxy mode had programmed"
-        ),
-        Ok(false) => {}
-        Err(e) => tracing::warn!("services: removing the other proxy mode's rules: {e}"),
+#[derive(Debug, thiserror::Error)]
+pub enum BeatError {
+    #[error(transparent)]
+    Api(#[from] kube::Error),
+    #[error(transparent)]
+    Facts(#[from] blocking::BlockingError),
+    #[error("no status and Lease written within {0:?}")]
+    TimedOut(Duration),
+}
+
+impl BeatError {
+    pub fn is_timeout(&self) -> bool {
+        match self {
+            BeatError::Api(_) => false,
+            BeatError::Facts(e) => e.is_timeout(),
+            BeatError::TimedOut(_) => true,
+        }
     }
 }

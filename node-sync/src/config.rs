@@ -35,6 +35,7 @@ pub struct FileConfig {
     pub status_interval_seconds: Option<u64>,
     pub proxy_mode: Option<ProxyMode>,
     pub ipvs_scheduler: Option<String>,
+    pub watch_timeout_seconds: Option<u32>,
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
 }
@@ -84,6 +85,9 @@ pub struct Config {
     pub proxy_mode: ProxyMode,
     /// The IPVS scheduler of every virtual server (`rr`, `wrr`, `lc`, ...).
     pub ipvs_scheduler: String,
+    /// The server ends each watch after this long (`timeoutSeconds`);
+    /// the watcher then resumes where it was.
+    pub watch_timeout_seconds: u32,
     pub labels: BTreeMap<String, String>,
 }
 
@@ -160,6 +164,11 @@ impl Config {
                 .ipvs_scheduler
                 .or(file.ipvs_scheduler)
                 .unwrap_or_else(|| "rr".into()),
+            watch_timeout_seconds: flags
+                .watch_timeout_seconds
+                .or(file.watch_timeout_seconds)
+                .unwrap_or(crate::watch::DEFAULT_TIMEOUT_SECONDS)
+                .max(1),
             labels,
         })
     }

@@ -1,4 +1,5 @@
-//! `/metrics` and `/healthz` on a local address.
+//! `/metrics`, `/healthz` and `/status` (each reconciler's last step,
+//! for `node-sync status`) on a local address.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -13,13 +14,15 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
+use crate::steps::Steps;
 
 /// Healthy while the heartbeat succeeded within this many seconds.
 const HEALTHY_WITHIN: f64 = 60.0;
 
-fn answer(m: &Metrics, path: &str) -> Response<Full<Bytes>> {
+fn answer(m: &Metrics, steps: &Steps, path: &str) -> Response<Full<Bytes>> {
     let (code, body) = match path {
         "/metrics" => (StatusCode::OK, m.render()),
+        "/status" => (StatusCode::OK, steps.render()),
         "/healthz" => {
             let last = m
                 .get(
@@ -44,18 +47,22 @@ fn answer(m: &Metrics, path: &str) -> Response<Full<Bytes>> {
 }
 
 /// Binds `addr` and serves until the task is dropped.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<()> {
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    steps: Arc<Steps>,
+) -> std::io::Result<()> {
     let listener = TcpListener::bind(addr).await?;
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let m = Arc::clone(&metrics);
+            let (m, st) = (Arc::clone(&metrics), Arc::clone(&steps));
             tokio::spawn(async move {
                 let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
-                    let m = Arc::clone(&m);
-                    async move { Ok::<_, Infallible>(answer(&m, req.uri().path())) }
+                    let (m, st) = (Arc::clone(&m), Arc::clone(&st));
+                    async move { Ok::<_, Infallible>(answer(&m, &st, req.uri().path())) }
                 });
                 let _ = http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)

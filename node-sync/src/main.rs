@@ -11,13 +11,14 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use ipnetwork::IpNetwork;
 use kube::Client;
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use node_sync::access::{self, Access, Resource};
 use node_sync::agent::{Agent, Beat};
 use node_sync::config::{Config, FileConfig};
+use node_sync::kubeclient::Clients;
 use node_sync::metrics::Metrics;
 use node_sync::routes::Kernel;
 use node_sync::services::backend::Backend;
+use node_sync::steps::Steps;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -82,6 +83,10 @@ struct Flags {
     /// The IPVS scheduler (default rr)
     #[arg(long, global = true)]
     ipvs_scheduler: Option<String>,
+    /// Seconds after which the API server ends each watch, which then
+    /// resumes where it was (default 290)
+    #[arg(long, global = true)]
+    watch_timeout_seconds: Option<u32>,
     /// A label for the Node when it is registered, KEY=VALUE (repeatable)
     #[arg(long = "label", global = true, value_parser = parse_label)]
     labels: Vec<(String, String)>,
@@ -148,23 +153,19 @@ fn config(f: &Flags) -> Result<Config> {
         status_interval_seconds: f.status_interval_seconds,
         proxy_mode: f.proxy_mode,
         ipvs_scheduler: f.ipvs_scheduler.clone(),
+        watch_timeout_seconds: f.watch_timeout_seconds,
         labels: f.labels.iter().cloned().collect(),
     };
     Ok(Config::merge(flags, file, &hostname())?)
 }
 
+/// Requests and watches timed apart (see node_sync::kubeclient).
+async fn clients(cfg: &Config) -> Result<Clients> {
+    Ok(node_sync::kubeclient::clients(cfg.kubeconfig.as_deref()).await?)
+}
+
 async fn client(cfg: &Config) -> Result<Client> {
-    let mut kc = match &cfg.kubeconfig {
-        Some(p) => {
-            let k = Kubeconfig::read_from(p).with_context(|| format!("reading {}", p.display()))?;
-            kube::Config::from_custom_kubeconfig(k, &KubeConfigOptions::default()).await?
-        }
-        None => kube::Config::infer().await?,
-    };
-    kc.connect_timeout = Some(std::time::Duration::from_secs(5));
-    kc.read_timeout = Some(std::time::Duration::from_secs(30));
-    node_sync::ident::identify(&mut kc);
-    Ok(Client::try_from(kc)?)
+    Ok(clients(cfg).await?.requests)
 }
 
 /// `status`'s routes: ours in the kernel, each marked when the next sync
@@ -278,6 +279,15 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Err(e) => println!("proxy mode  {mode}: {e}"),
         }
+        // The daemon's own account of its reconcilers' last steps.
+        match node_sync::steps::fetch(cfg.metrics_addr) {
+            Ok(text) => {
+                for line in text.lines() {
+                    println!("reconciler  {line}");
+                }
+            }
+            Err(e) => println!("daemon      no answer at {}: {e}", cfg.metrics_addr),
+        }
         match api {
             Ok(c) => {
                 // Asked of the API server's authorizer, not of the daemon:
@@ -315,9 +325,13 @@ async fn run(cli: Cli) -> Result<()> {
         return Ok(());
     }
     let metrics = Arc::new(Metrics::default());
+    let steps = Arc::new(Steps::new(Arc::clone(&metrics)));
+    let kube = clients(&cfg).await?;
     let agent = Agent {
-        client: client(&cfg).await?,
+        client: kube.requests,
+        watch_client: kube.watches,
         metrics: Arc::clone(&metrics),
+        steps: Arc::clone(&steps),
         hostname: hostname(),
         routes_ready: Arc::new(AtomicBool::new(false)),
         access: Arc::new(Access::new(Arc::clone(&metrics))),
@@ -325,7 +339,7 @@ async fn run(cli: Cli) -> Result<()> {
     };
     match cli.cmd {
         Cmd::Run => {
-            node_sync::http::serve(agent.cfg.metrics_addr, Arc::clone(&metrics))
+            node_sync::http::serve(agent.cfg.metrics_addr, Arc::clone(&metrics), steps)
                 .await
                 .with_context(|| format!("serving metrics on {}", agent.cfg.metrics_addr))?;
             tracing::info!(node = %agent.cfg.node_name, metrics = %agent.cfg.metrics_addr, "node-sync running");

@@ -1,5 +1,10 @@
-//! The backend that programs Services, picked by `--proxy-mode`: one
-//! interface for the agent over nftables and IPVS.
+//! The backends that program Services, behind one trait the Services
+//! reconciler drives ([`ServicesBackend`], as kube-proxy's Proxier and
+//! netavark's firewall driver): nftables and IPVS, picked by
+//! `--proxy-mode` ([`Backend`]), and a fake in the unit tests.
+
+use std::future::Future;
+use std::time::Duration;
 
 use ipnetwork::IpNetwork;
 
@@ -7,7 +12,16 @@ use super::ServicePort;
 use super::ipvs::{IpvsBackend, IpvsBackendError};
 use super::nft::{self, NftError};
 use super::nft_gen::generation;
+use crate::blocking::{self, BlockingError};
 use crate::config::ProxyMode;
+
+/// How long one `nft` may run before it is killed: a full write of 10,000
+/// Services takes about a second, so this is a hung `nft`, and the sync
+/// is retried rather than waited for.
+pub const NFT_TIMEOUT: Duration = Duration::from_secs(15);
+/// What the caller waits for a blocking step at most (the tools under it
+/// are killed at their own, shorter deadline).
+const STEP_LIMIT: Duration = Duration::from_secs(20);
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
@@ -15,6 +29,50 @@ pub enum BackendError {
     Nft(#[from] NftError),
     #[error("ipvs: {0}")]
     Ipvs(#[from] IpvsBackendError),
+    #[error(transparent)]
+    Blocking(#[from] BlockingError),
+    /// From a backend outside this module (the tests' fake).
+    #[error("{0}")]
+    Other(String),
+}
+
+impl BackendError {
+    /// A step that ran past its deadline (a tool killed, a call abandoned).
+    pub fn is_timeout(&self) -> bool {
+        match self {
+            BackendError::Nft(e) => e.is_timeout(),
+            BackendError::Ipvs(e) => e.is_timeout(),
+            BackendError::Blocking(e) => e.is_timeout(),
+            BackendError::Other(_) => false,
+        }
+    }
+}
+
+/// What the Services reconciler needs of a backend. Every method may
+/// block on the kernel or a tool internally, but not the async worker:
+/// the returned futures are `Send` and do blocking work off it.
+pub trait ServicesBackend: Send {
+    fn name(&self) -> &'static str;
+
+    /// Removes what the other proxy mode left, so that two backends never
+    /// both DNAT the VIPs; `true` when something was removed.
+    fn take_over(&mut self) -> impl Future<Output = Result<bool, BackendError>> + Send;
+
+    /// What the next apply may build on, given `last`, what was applied:
+    /// the periodic check for changes made by others. `Ok(None)`: the
+    /// next apply reads or rewrites in full.
+    fn recheck(
+        &mut self,
+        last: Option<Vec<ServicePort>>,
+    ) -> impl Future<Output = Result<Option<Vec<ServicePort>>, BackendError>> + Send;
+
+    /// Programs `want`; `prev`, what is known to be programmed, lets the
+    /// backend change only what differs.
+    fn apply(
+        &mut self,
+        want: &[ServicePort],
+        prev: Option<&[ServicePort]>,
+    ) -> impl Future<Output = Result<(), BackendError>> + Send;
 }
 
 pub enum Backend {
@@ -25,6 +83,14 @@ pub enum Backend {
         known: Option<u32>,
     },
     Ipvs(Box<IpvsBackend>),
+}
+
+/// `nft` work on the blocking pool, `nft` itself killed at [`NFT_TIMEOUT`].
+async fn nft_blocking<T: Send + 'static>(
+    what: &'static str,
+    f: impl FnOnce() -> Result<T, NftError> + Send + 'static,
+) -> Result<T, BackendError> {
+    Ok(blocking::run(what, STEP_LIMIT, f).await??)
 }
 
 impl Backend {
@@ -56,23 +122,6 @@ impl Backend {
         }
     }
 
-    /// Removes what the other backend left (the proxy mode was switched,
-    /// or `auto` chose differently on a new kernel), so that two backends
-    /// never both DNAT the VIPs. `true` when something was removed.
-    pub async fn take_over(&self) -> Result<bool, BackendError> {
-        match self {
-            Backend::Nftables { .. } => {
-                let (conn, handle, _) =
-                    rtnetlink::new_connection().map_err(IpvsBackendError::from)?;
-                let conn = tokio::spawn(conn);
-                let removed = super::ipvs::remove(&handle).await;
-                conn.abort();
-                Ok(removed?)
-            }
-            Backend::Ipvs(_) => Ok(tokio::task::block_in_place(nft::remove)?),
-        }
-    }
-
     pub fn name(&self) -> &'static str {
         match self {
             Backend::Nftables { .. } => "nftables",
@@ -85,51 +134,64 @@ impl Backend {
     pub async fn programmed(&mut self) -> Result<Option<Vec<ServicePort>>, BackendError> {
         match self {
             Backend::Nftables { .. } => {
-                let read = tokio::task::block_in_place(|| nft::read_in(None))?;
+                let read = nft_blocking("nft list", || nft::read_within(None, NFT_TIMEOUT)).await?;
                 Ok(read.map(|p| p.ports))
             }
             Backend::Ipvs(b) => Ok(b.programmed().await?),
         }
     }
+}
 
-    /// What the next apply may build on, given `last`, what node-sync
-    /// applied: the periodic check for changes made by others. nftables
-    /// reads the table back only when some transaction was committed
-    /// since (the ruleset generation moved), and builds only on a table in
-    /// exactly its own shape (`None`: the next apply rewrites it whole);
-    /// `None` for IPVS, whose next sync then reads the kernel in full.
-    pub async fn recheck(&mut self, last: Option<Vec<ServicePort>>) -> Option<Vec<ServicePort>> {
-        let Backend::Nftables { known, .. } = self else {
-            return None;
-        };
-        let now = generation().ok();
-        if last.is_some() && known.is_some() && now == *known {
-            return last;
-        }
-        // `now` was read before the table: a change made while it is
-        // read shows at the next check.
-        match tokio::task::block_in_place(|| nft::read_in(None)) {
-            Ok(Some(p)) if p.clean => {
-                *known = now;
-                Some(p.ports)
+impl ServicesBackend for Backend {
+    fn name(&self) -> &'static str {
+        Backend::name(self)
+    }
+
+    async fn take_over(&mut self) -> Result<bool, BackendError> {
+        match self {
+            Backend::Nftables { .. } => {
+                let (conn, handle, _) =
+                    rtnetlink::new_connection().map_err(IpvsBackendError::from)?;
+                let conn = tokio::spawn(conn);
+                let removed = super::ipvs::remove(&handle).await;
+                conn.abort();
+                Ok(removed?)
             }
-            Ok(_) => {
-                *known = None;
-                None
-            }
-            Err(e) => {
-                *known = None;
-                tracing::warn!("services: reading the table back: {e}");
-                None
-            }
+            Backend::Ipvs(_) => nft_blocking("nft delete table", || nft::remove(NFT_TIMEOUT)).await,
         }
     }
 
-    /// Programs `want`. `prev`, what is known to be programmed, lets both
-    /// backends plan only what differs (nftables falls back to a whole
-    /// rewrite, IPVS to a sync read from the kernel, when the kernel is
-    /// not what `prev` says).
-    pub async fn apply(
+    /// nftables reads the table back only when some transaction was
+    /// committed since (the ruleset generation moved), and builds only on
+    /// a table in exactly its own shape (`None`: the next apply rewrites
+    /// it whole); `None` for IPVS, whose next sync then reads the kernel
+    /// in full.
+    async fn recheck(
+        &mut self,
+        last: Option<Vec<ServicePort>>,
+    ) -> Result<Option<Vec<ServicePort>>, BackendError> {
+        let Backend::Nftables { known, .. } = self else {
+            return Ok(None);
+        };
+        let now = generation().ok();
+        if last.is_some() && known.is_some() && now == *known {
+            return Ok(last);
+        }
+        // `now` was read before the table: a change made while it is
+        // read shows at the next check.
+        *known = None;
+        match nft_blocking("nft list", || nft::read_within(None, NFT_TIMEOUT)).await? {
+            Some(p) if p.clean => {
+                *known = now;
+                Ok(Some(p.ports))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// nftables falls back to a whole rewrite, IPVS to a sync read from
+    /// the kernel, when the kernel is not what `prev` says.
+    async fn apply(
         &mut self,
         want: &[ServicePort],
         prev: Option<&[ServicePort]>,
@@ -150,17 +212,22 @@ impl Backend {
                 };
                 let before = generation().ok();
                 *known = None;
-                tokio::task::block_in_place(|| {
+                let want = want.to_vec();
+                nft_blocking("nft -f", move || {
                     if let Some(script) = script {
-                        match nft::apply(&script) {
+                        match nft::apply(&script, NFT_TIMEOUT) {
                             Ok(()) => return Ok(()),
+                            // A hung nft is not retried in full here: the
+                            // caller backs off.
+                            Err(e) if e.is_timeout() => return Err(e),
                             Err(e) => tracing::warn!(
                                 "services: incremental update failed ({e}); rewriting the table"
                             ),
                         }
                     }
-                    nft::apply(&nft::render(want, cidr))
-                })?;
+                    nft::apply(&nft::render(&want, cidr), NFT_TIMEOUT)
+                })
+                .await?;
                 // Ours was the only transaction since `before`: the table
                 // is what we wrote.
                 let after = generation().ok();

@@ -3,12 +3,15 @@
 //! them.
 
 pub mod backend;
+#[cfg(test)]
+mod fake;
 pub mod ipvs;
 pub mod model;
 pub mod nft;
 pub mod nft_gen;
 mod nft_read;
 pub mod objects;
+pub mod reconciler;
 
 use std::net::{IpAddr, SocketAddr};
 

@@ -42,12 +42,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
+use std::time::Duration;
 
 use ipnetwork::IpNetwork;
 
 use super::{Proto, ServicePort};
 
-pub use super::nft_read::{Programmed, programmed_in, read_in};
+pub use super::nft_read::{Programmed, programmed_in, read_in, read_within};
 
 pub const TABLE: &str = "ip node-sync";
 pub(super) const FAMILY: &str = "ip";
@@ -61,6 +62,13 @@ pub enum NftError {
     Exec(#[from] netkit::nft::NftError),
     #[error("reading nft's JSON: {0}")]
     Json(#[from] serde_json::Error),
+}
+
+impl NftError {
+    /// `nft` ran past its deadline and was killed.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, NftError::Exec(e) if e.is_timeout())
+    }
 }
 
 pub(super) fn proto_name(p: Proto) -> &'static str {
@@ -289,10 +297,11 @@ pub fn render_changes(
 
 /// Deletes the table (another proxy mode took over); `true` when it was
 /// there.
-pub fn remove() -> Result<bool, NftError> {
+pub fn remove(timeout: Duration) -> Result<bool, NftError> {
     // The table names only: listing the table itself would print every
     // service's chain.
-    let tables = netkit::nft::list_in(None, &["list", "tables", FAMILY])?.unwrap_or_default();
+    let tables =
+        netkit::nft::list_within(None, &["list", "tables", FAMILY], timeout)?.unwrap_or_default();
     let line = format!("table {TABLE}");
     if !String::from_utf8_lossy(&tables)
         .lines()
@@ -300,13 +309,14 @@ pub fn remove() -> Result<bool, NftError> {
     {
         return Ok(false);
     }
-    apply(&format!("delete table {TABLE}\n"))?;
+    apply(&format!("delete table {TABLE}\n"), timeout)?;
     Ok(true)
 }
 
-/// Applies `script` in this netns with one `nft -f -`, all or nothing.
-pub fn apply(script: &str) -> Result<(), NftError> {
-    apply_in(None, script)
+/// Applies `script` in this netns with one `nft -f -`, all or nothing;
+/// `nft` is killed after `timeout` (the transaction then never commits).
+pub fn apply(script: &str, timeout: Duration) -> Result<(), NftError> {
+    Ok(netkit::nft::apply_within(None, script, timeout)?)
 }
 
 /// Applies `script` with one `nft -f -` in `netns` (None: this one).

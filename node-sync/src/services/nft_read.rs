@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
+use std::time::Duration;
 
 use serde::Deserialize;
 use serde::de::IgnoredAny;
@@ -43,7 +44,15 @@ pub fn programmed_in(netns: Option<&Path>) -> Result<Vec<ServicePort>, NftError>
 
 /// The table in `netns` (None: this one), `None` when it does not exist.
 pub fn read_in(netns: Option<&Path>) -> Result<Option<Programmed>, NftError> {
-    match netkit::nft::list_in(netns, &["-j", "list", "table", FAMILY, NAME])? {
+    read_within(netns, netkit::tool::DEFAULT_TIMEOUT)
+}
+
+/// [`read_in`] with `nft` killed after `timeout`.
+pub fn read_within(
+    netns: Option<&Path>,
+    timeout: Duration,
+) -> Result<Option<Programmed>, NftError> {
+    match netkit::nft::list_within(netns, &["-j", "list", "table", FAMILY, NAME], timeout)? {
         Some(out) => Ok(Some(parse(&serde_json::from_slice(&out)?))),
         None => Ok(None),
     }

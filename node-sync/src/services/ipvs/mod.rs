@@ -21,6 +21,8 @@ pub mod plan;
 pub mod rules;
 
 use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use ipnetwork::IpNetwork;
 use netkit::tool::{self, ToolError};
@@ -30,6 +32,7 @@ use self::genl::{Ipvs, IpvsError};
 use self::link::LinkError;
 use self::plan::{Observed, Plan};
 use super::ServicePort;
+use crate::blocking::{self, BlockingError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IpvsBackendError {
@@ -41,16 +44,49 @@ pub enum IpvsBackendError {
     Tool(#[from] ToolError),
     #[error("netlink socket: {0}")]
     Io(#[from] std::io::Error),
-    #[error("setting {path}: {source}")]
+    #[error("setting {key}: {source}")]
     Sysctl {
-        path: &'static str,
+        key: &'static str,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Blocking(#[from] BlockingError),
+}
+
+impl IpvsBackendError {
+    /// A tool killed at its deadline, or a call abandoned at its limit.
+    pub fn is_timeout(&self) -> bool {
+        match self {
+            IpvsBackendError::Tool(e) => e.is_timeout(),
+            IpvsBackendError::Blocking(e) => e.is_timeout(),
+            _ => false,
+        }
+    }
 }
 
 /// IPVS connections are tracked, so the nat POSTROUTING masquerade (the
 /// mark and KUBE-LOOP-BACK) applies to them.
-const CONNTRACK: &str = "/proc/sys/net/ipv4/vs/conntrack";
+const CONNTRACK: &str = "net/ipv4/vs/conntrack";
+
+/// How long `ipset`, `iptables-save` and `iptables-restore` may run
+/// before they are killed; [`STEP_LIMIT`] bounds a whole blocking batch
+/// (several tools, or the virtual servers one message at a time).
+const TOOL_TIMEOUT: Duration = Duration::from_secs(15);
+const STEP_LIMIT: Duration = Duration::from_secs(40);
+
+fn tool_run(tool: &'static str, args: &[&str], input: Option<&str>) -> Result<String, ToolError> {
+    tool::run_within(tool, args, input, TOOL_TIMEOUT)
+}
+
+/// The generic-netlink socket, shared with the blocking pool.
+type Shared = Arc<Mutex<Ipvs>>;
+
+fn lock(ipvs: &Shared) -> std::sync::MutexGuard<'_, Ipvs> {
+    // A panic on the blocking pool leaves the socket usable: every
+    // request is a whole message exchange.
+    ipvs.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 /// How much one sync changed, for logs and metrics.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -63,7 +99,7 @@ pub struct Applied {
 }
 
 pub struct IpvsBackend {
-    ipvs: Ipvs,
+    ipvs: Shared,
     handle: Handle,
     cluster_cidr: IpNetwork,
     scheduler: String,
@@ -77,7 +113,7 @@ impl IpvsBackend {
         let (conn, handle, _) = rtnetlink::new_connection()?;
         tokio::spawn(conn);
         Ok(IpvsBackend {
-            ipvs,
+            ipvs: Arc::new(Mutex::new(ipvs)),
             handle,
             cluster_cidr,
             scheduler: scheduler.to_string(),
@@ -93,8 +129,9 @@ impl IpvsBackend {
             vips,
             ..Observed::default()
         };
-        let ipvs = &mut self.ipvs;
-        tokio::task::block_in_place(|| -> Result<(), IpvsBackendError> {
+        let ipvs = Arc::clone(&self.ipvs);
+        let obs = blocking::run("reading IPVS and ipsets", STEP_LIMIT, move || {
+            let mut ipvs = lock(&ipvs);
             for vs in ipvs.services()? {
                 if !obs.vips.contains(&vs.addr) {
                     continue;
@@ -103,10 +140,11 @@ impl IpvsBackend {
                 obs.services
                     .insert((vs.addr, vs.proto, vs.port), (vs.scheduler, dests));
             }
-            let save = tool::run("ipset", &["save"], None)?;
+            let save = tool_run("ipset", &["save"], None)?;
             (obs.sets, obs.sets_exist) = rules::parse_sets(&save);
-            Ok(())
-        })?;
+            Ok::<_, IpvsBackendError>(obs)
+        })
+        .await??;
         Ok((index, addrs, obs))
     }
 
@@ -139,7 +177,7 @@ impl IpvsBackend {
         want: &[ServicePort],
         prev: Option<&[ServicePort]>,
     ) -> Result<Applied, IpvsBackendError> {
-        sysctl_on(CONNTRACK)?;
+        blocking::run("sysctl", STEP_LIMIT, || sysctl_on(CONNTRACK)).await??;
         let (index, mut addrs, obs) = match prev {
             Some(prev) => {
                 let (index, addrs) = link::state(&self.handle).await?;
@@ -157,42 +195,49 @@ impl IpvsBackend {
         let mut done = Applied::default();
         let cidr = self.cluster_cidr;
         // Sets first: the iptables rules name them.
-        tokio::task::block_in_place(|| -> Result<(), IpvsBackendError> {
-            if let Some(script) = &p.ipset {
-                tool::run("ipset", &["restore"], Some(script))?;
-                done.ipset = true;
+        let ipset = p.ipset.clone();
+        (done.ipset, done.iptables) = blocking::run("ipset and iptables", STEP_LIMIT, move || {
+            let mut did = (false, false);
+            if let Some(script) = &ipset {
+                tool_run("ipset", &["restore"], Some(script))?;
+                did.0 = true;
             }
             // The fixed chains change only when someone else changed
             // them: checked on full syncs.
             if full {
-                let save = tool::run("iptables-save", &[], None)?;
+                let save = tool_run("iptables-save", &[], None)?;
                 if let Some(script) = rules::iptables_script(&save, cidr) {
-                    tool::run("iptables-restore", &["--noflush"], Some(&script))?;
-                    done.iptables = true;
+                    tool_run("iptables-restore", &["--noflush"], Some(&script))?;
+                    did.1 = true;
                 }
             }
-            Ok(())
-        })?;
+            Ok::<_, IpvsBackendError>(did)
+        })
+        .await??;
         // The VIP is local before its virtual server takes traffic.
         for ip in &p.add_vips {
             link::add(&self.handle, index, *ip).await?;
         }
-        let ipvs = &mut self.ipvs;
-        tokio::task::block_in_place(|| -> Result<(), IpvsBackendError> {
-            for v in &p.del_services {
+        let ipvs = Arc::clone(&self.ipvs);
+        let (del_services, add_services) = (p.del_services.clone(), p.add_services.clone());
+        let (del_dests, add_dests) = (p.del_dests.clone(), p.add_dests.clone());
+        blocking::run("programming IPVS", STEP_LIMIT, move || {
+            let mut ipvs = lock(&ipvs);
+            for v in &del_services {
                 ipvs.del_service(v).or_else(gone)?;
             }
-            for v in &p.add_services {
+            for v in &add_services {
                 ipvs.add_service(v).or_else(exists)?;
             }
-            for (v, r) in &p.del_dests {
+            for (v, r) in &del_dests {
                 ipvs.del_dest(v, r).or_else(gone)?;
             }
-            for (v, r) in &p.add_dests {
+            for (v, r) in &add_dests {
                 ipvs.add_dest(v, r).or_else(exists)?;
             }
-            Ok(())
-        })?;
+            Ok::<_, IpvsBackendError>(())
+        })
+        .await??;
         for ip in &p.del_vips {
             if let Some(m) = addrs.remove(ip) {
                 link::del(&self.handle, m).await?;
@@ -215,7 +260,7 @@ pub async fn remove(handle: &Handle) -> Result<bool, IpvsBackendError> {
         return Ok(false);
     };
     let vips: BTreeSet<_> = addrs.into_keys().collect();
-    tokio::task::block_in_place(|| -> Result<(), IpvsBackendError> {
+    blocking::run("removing IPVS mode", STEP_LIMIT, move || {
         // A kernel without IPVS has no virtual servers to remove.
         if let Ok(mut ipvs) = Ipvs::open() {
             for vs in ipvs.services()? {
@@ -225,21 +270,22 @@ pub async fn remove(handle: &Handle) -> Result<bool, IpvsBackendError> {
             }
         }
         // The chains name the sets: they go first.
-        let save = tool::run("iptables-save", &[], None)?;
+        let save = tool_run("iptables-save", &[], None)?;
         if let Some(script) = rules::removal_script(&save) {
-            tool::run("iptables-restore", &["--noflush"], Some(&script))?;
+            tool_run("iptables-restore", &["--noflush"], Some(&script))?;
         }
-        let names = tool::run("ipset", &["list", "-n"], None)?;
+        let names = tool_run("ipset", &["list", "-n"], None)?;
         let destroy: String = [rules::CLUSTER_IP_SET, rules::LOOP_BACK_SET]
             .iter()
             .filter(|s| names.lines().any(|l| l.trim() == **s))
             .map(|s| format!("destroy {s}\n"))
             .collect();
         if !destroy.is_empty() {
-            tool::run("ipset", &["restore"], Some(&destroy))?;
+            tool_run("ipset", &["restore"], Some(&destroy))?;
         }
-        Ok(())
-    })?;
+        Ok::<_, IpvsBackendError>(())
+    })
+    .await??;
     link::delete(handle, index).await?;
     Ok(true)
 }
@@ -267,11 +313,11 @@ fn exists(e: IpvsError) -> Result<(), IpvsError> {
     }
 }
 
-fn sysctl_on(path: &'static str) -> Result<(), IpvsBackendError> {
-    if std::fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
+fn sysctl_on(key: &'static str) -> Result<(), IpvsBackendError> {
+    if netkit::sysctl::get(key).is_ok_and(|v| v == "1") {
         return Ok(());
     }
-    std::fs::write(path, "1").map_err(|source| IpvsBackendError::Sysctl { path, source })
+    netkit::sysctl::set(key, "1").map_err(|source| IpvsBackendError::Sysctl { key, source })
 }
 
 /// Whether this kernel has IPVS (resolving the family loads `ip_vs`
