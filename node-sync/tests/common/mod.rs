@@ -160,6 +160,12 @@ impl Env {
 
     /// node-sync on `name` with `extra` flags (the log is appended to).
     pub fn start_with(&self, name: &str, extra: &[&str]) -> Agent {
+        self.start_with_env(name, extra, &[])
+    }
+
+    /// [`Env::start_with`] with `env` set for node-sync (a `PATH` with
+    /// stand-in tools first, say).
+    pub fn start_with_env(&self, name: &str, extra: &[&str], env: &[(&str, &str)]) -> Agent {
         let n = self.node(name);
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -189,6 +195,7 @@ impl Env {
             ])
             .args(extra)
             .arg("run")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
