@@ -1,20 +1,25 @@
-//! One timed plugin call: spawned directly, with a clean CNI environment and
-//! the network configuration on stdin.
+//! One timed plugin call through cni-runtime's executor: a clean CNI
+//! environment (`PATH` and the `CNI_*` variables), the network
+//! configuration on stdin, a deadline.
 
-use std::io::Write;
 use std::os::fd::RawFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+
+use cni_runtime::{Executor, Invocation};
 
 use nix::sched::{CloneFlags, setns};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+/// A call that takes longer is hung: the run fails rather than hangs.
+const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// What a successful call took and printed.
 pub struct Reply {
-    /// From just before the spawn to just after the exit was reaped.
+    /// From just before the spawn to just after the exit was reaped and
+    /// the outputs collected.
     pub took: Duration,
     pub stdout: Vec<u8>,
 }
@@ -47,8 +52,15 @@ pub fn call_in(bin: &Path, command: &str, id: &str, conf: &str, target: &Target)
     if let Some(sig) = crate::interrupted() {
         bail!("interrupted by signal {sig}");
     }
-    let start = Instant::now();
-    let mut cmd = Command::new(bin);
+    let runtime = Executor::new(std::env::split_paths(&target.cni_path).collect());
+    let inv = Invocation {
+        command: cni_protocol::Command::parse(command),
+        container_id: id.into(),
+        netns: target.netns.clone(),
+        ifname: "eth0".into(),
+        args: String::new(),
+    };
+    let mut cmd = runtime.command(bin, &inv);
     if let Some(fd) = target.host_netns {
         // SAFETY: setns is async-signal-safe and `fd` outlives the spawn.
         unsafe {
@@ -58,38 +70,17 @@ pub fn call_in(bin: &Path, command: &str, id: &str, conf: &str, target: &Target)
             });
         }
     }
-    let mut child = cmd
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("CNI_COMMAND", command)
-        .env("CNI_CONTAINERID", id)
-        .env("CNI_NETNS", &target.netns)
-        .env("CNI_IFNAME", "eth0")
-        .env("CNI_PATH", &target.cni_path)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    // The configuration is far smaller than a pipe buffer: this cannot block
-    // on a child that does not read. Dropping the handle closes the pipe.
-    child
-        .stdin
-        .take()
-        .context("child stdin")?
-        .write_all(conf.as_bytes())
-        .with_context(|| format!("writing the configuration to {}", bin.display()))?;
-    let out = child
-        .wait_with_output()
-        .with_context(|| format!("waiting for {}", bin.display()))?;
+    let name = bin.display().to_string();
+    let start = Instant::now();
+    let out = cni_runtime::exec::run(cmd, &name, conf.as_bytes(), CALL_TIMEOUT)
+        .with_context(|| format!("{name} {command} for container {id}"))?;
     let took = start.elapsed();
-    if !out.status.success() {
+    if !out.success() {
         if let Some(sig) = crate::interrupted() {
             bail!("interrupted by signal {sig}");
         }
         bail!(
-            "{} {command} for container {id} failed ({}): stdout {:?} stderr {:?}",
-            bin.display(),
+            "{name} {command} for container {id} failed ({}): stdout {:?} stderr {:?}",
             out.status,
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr),

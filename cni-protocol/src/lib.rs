@@ -1,12 +1,12 @@
 //! The CNI protocol as the containernetworking reference speaks it: environment,
-//! configuration, versions 0.1.0 to 1.1.0, results, errors, the plugin skeleton
-//! and IPAM delegation. Every plugin of this project is built on it.
+//! configuration, versions 0.1.0 to 1.1.0, results, errors and the plugin
+//! skeleton. Every plugin of this project is built on it (IPAM delegation,
+//! which runs a plugin, is cni-runtime's).
 
 pub mod args;
 pub mod config;
 pub mod env;
 pub mod error;
-pub mod ipam;
 pub mod json;
 pub mod result;
 pub mod skel;

@@ -2,7 +2,10 @@
 //! libcni's rules: ADD passes each plugin's result to the next as
 //! `prevResult` and caches the last; DEL runs the chain in reverse with the
 //! cached result (from 0.4.0); CHECK needs 0.4.0; GC and STATUS need
-//! 1.1.0. Every call of a chain operation shares one deadline.
+//! 1.1.0. ADD, CHECK and STATUS stop at the first failure and share one
+//! deadline (libcni's context); DEL and GC try every plugin, so each call
+//! has the whole timeout: a plugin hung in DEL must not starve the others
+//! of theirs.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -22,6 +25,13 @@ pub enum ChainError {
         op: &'static str,
         source: Box<ExecError>,
     },
+    /// A plugin still running at the operation's deadline, killed.
+    #[error("plugin type={plugin:?} failed ({op}): the operation did not finish within {} and the plugin was killed", secs(.after))]
+    TimedOut {
+        plugin: String,
+        op: &'static str,
+        after: Duration,
+    },
     #[error("configuration version {version:?} does not support the {command} command")]
     Unsupported {
         version: &'static str,
@@ -35,10 +45,19 @@ pub enum ChainError {
     Many(Vec<ChainError>),
 }
 
+fn secs(d: &Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{:.3}s", d.as_secs_f64())
+    }
+}
+
 impl ChainError {
     /// Whether a plugin ran out of time (in any of several errors).
     pub fn is_timeout(&self) -> bool {
         match self {
+            ChainError::TimedOut { .. } => true,
             ChainError::Plugin { source, .. } => source.is_timeout(),
             ChainError::Many(v) => v.iter().any(ChainError::is_timeout),
             _ => false,
@@ -128,10 +147,20 @@ impl CniConfig {
         let plugin = &list.plugins[i].plugin_type;
         self.exec
             .exec(plugin, inv, stdin, deadline.left())
-            .map_err(|source| ChainError::Plugin {
-                plugin: plugin.clone(),
-                op,
-                source: Box::new(source),
+            .map_err(|source| {
+                if source.is_timeout() {
+                    ChainError::TimedOut {
+                        plugin: plugin.clone(),
+                        op,
+                        after: self.timeout,
+                    }
+                } else {
+                    ChainError::Plugin {
+                        plugin: plugin.clone(),
+                        op,
+                        source: Box::new(source),
+                    }
+                }
             })
     }
 
@@ -215,7 +244,6 @@ impl CniConfig {
     /// error is returned): a one-shot runtime must not leave the earlier
     /// plugins' addresses and links behind because a later one failed.
     pub fn del(&self, list: &NetworkConfigList, rt: &RuntimeConf) -> Result<(), ChainError> {
-        let deadline = self.deadline();
         let prev = if at_least(list, SpecVersion::V0_4_0) {
             // An unreadable entry is dropped, as libcni does: DEL must work.
             self.prev_value(list, rt).unwrap_or_else(|_| {
@@ -229,7 +257,7 @@ impl CniConfig {
         let mut errors = Vec::new();
         for i in (0..list.plugins.len()).rev() {
             let stdin = list.plugin_stdin(i, prev.as_ref(), &rt.capability_args);
-            if let Err(e) = self.call(list, i, &inv, &stdin, &deadline, "delete") {
+            if let Err(e) = self.call(list, i, &inv, &stdin, &self.deadline(), "delete") {
                 errors.push(e);
             }
         }
@@ -300,7 +328,6 @@ impl CniConfig {
             }
         }
         if at_least(list, SpecVersion::V1_1_0) && !list.disable_gc {
-            let deadline = self.deadline();
             let attachments: Vec<Value> = valid
                 .iter()
                 .map(|v| json!({"containerID": v.container_id, "ifname": v.ifname}))
@@ -312,7 +339,7 @@ impl CniConfig {
                     "cni.dev/valid-attachments",
                     Value::Array(attachments.clone()),
                 );
-                if let Err(e) = self.call(list, i, &inv, &stdin, &deadline, "gc") {
+                if let Err(e) = self.call(list, i, &inv, &stdin, &self.deadline(), "gc") {
                     errors.push(e);
                 }
             }
@@ -571,7 +598,28 @@ mod tests {
             .add(&list("1.0.0", &["a", "slow", "slow"]), &rt())
             .expect_err("timeout");
         assert!(e.is_timeout(), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "plugin type=\"slow\" failed (add): the operation did not finish within 0.400s and the plugin was killed"
+        );
         assert!(t.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_plugin_hung_in_del_does_not_starve_the_others() {
+        let mut b = bed();
+        script(
+            &b.cni.exec.bin_dirs[0],
+            "slow",
+            "cat >/dev/null; exec sleep 1000",
+        );
+        b.cni.timeout = Duration::from_millis(400);
+        let e = b
+            .cni
+            .del(&list("1.0.0", &["a", "b", "slow"]), &rt())
+            .expect_err("timeout");
+        assert!(e.is_timeout(), "{e}");
+        assert_eq!(order(&b.calls()), ["b DEL", "a DEL"]);
     }
 
     #[test]

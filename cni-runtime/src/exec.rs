@@ -18,7 +18,9 @@ use crate::lookup::{LookupError, find_plugin};
 pub enum ExecError {
     #[error(transparent)]
     Lookup(#[from] LookupError),
-    #[error("CNI plugin {plugin}: {source}")]
+    /// Not started, or killed at its deadline (the message names the
+    /// binary).
+    #[error("{source}")]
     Process {
         plugin: String,
         source: ProcessError,

@@ -59,6 +59,12 @@ struct Global {
     /// CNI result cache (libcni's layout)
     #[arg(long, global = true, default_value = "/var/lib/cni")]
     cni_cache_dir: PathBuf,
+    /// How long a CNI ADD (of loopback, of the chain) or one plugin's DEL
+    /// may take before the plugin is killed, e.g. 30s or 4m (default: the
+    /// kubelet's sandbox budget, twice its 2 min runtime request timeout)
+    #[arg(long, global = true, env = "POD_RUNNER_CNI_TIMEOUT", default_value = "4m",
+          value_parser = humantime::parse_duration)]
+    cni_timeout: std::time::Duration,
     /// Pod records, volumes and hosts files
     #[arg(long, global = true, default_value = "/var/lib/pod-runner")]
     state_dir: PathBuf,
@@ -219,6 +225,7 @@ async fn runner(g: &Global, needs_api: bool) -> Result<Runner> {
             conf_dir: g.cni_conf_dir.clone(),
             bin_dirs: std::env::split_paths(&g.cni_bin_dir).collect(),
             cache_dir: g.cni_cache_dir.clone(),
+            timeout: g.cni_timeout,
         },
         store: Store::new(&g.state_dir),
         paths: Paths {

@@ -49,6 +49,7 @@ fn setup(chain: serde_json::Value) -> Setup {
             conf_dir,
             bin_dirs: vec![bin],
             cache_dir: dirs.path().join("cache"),
+            timeout: pod_runner::cni::DEFAULT_TIMEOUT,
         },
         data,
         _dirs: dirs,
@@ -83,7 +84,11 @@ fn add_caches_and_del_cleans_up() {
     let netns = s.pod.path().display().to_string();
     let a = att(&netns);
     let result = s.node.run(|| s.rt.add(&a)).expect("add");
-    assert_eq!(result["ips"][0]["address"], "10.244.1.2/24", "{result}");
+    assert_eq!(
+        result.ips[0].address.to_string(),
+        "10.244.1.2/24",
+        "{result:?}"
+    );
     assert!(
         s.pod.sh("ip -o link show lo").contains(",UP"),
         "loopback is up"
@@ -92,7 +97,8 @@ fn add_caches_and_del_cleans_up() {
     let cached = s.rt.cache_dir.join("results/bridge-sandbox-web-002-eth0");
     let doc: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&cached).expect("cache")).expect("json");
-    assert_eq!(doc["result"], result);
+    assert_eq!(doc["kind"], "cniCacheV1");
+    assert_eq!(doc["result"]["ips"][0]["address"], "10.244.1.2/24");
     // The tutorial's 0.3.1 config has no CHECK; libcni refuses it too.
     let err = s
         .node
@@ -136,11 +142,18 @@ fn a_failing_chain_is_rolled_back() {
 
 #[test]
 fn a_broken_config_is_a_clear_error() {
+    // libcni's rule: a broken file is passed over for the next that loads;
+    // with none left, the error names each one and why.
     let s = setup(json!([]));
     std::fs::write(s.rt.conf_dir.join("00-broken.conflist"), "{not json").expect("write");
+    for f in ["10-bridge.conflist", "99-other.conf"] {
+        std::fs::write(s.rt.conf_dir.join(f), "{}").expect("break");
+    }
     let netns = s.pod.path().display().to_string();
     let a = att(&netns);
     let err = s.node.run(|| s.rt.add(&a)).expect_err("fails");
-    assert!(err.to_string().contains("00-broken.conflist"), "{err}");
+    for f in ["00-broken.conflist", "10-bridge.conflist", "99-other.conf"] {
+        assert!(err.to_string().contains(f), "{err}");
+    }
     assert!(!s.pod.sh("ip -o link show").contains("eth0"));
 }

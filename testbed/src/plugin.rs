@@ -1,9 +1,11 @@
-//! Running a CNI plugin binary with the protocol's environment.
+//! Running a CNI plugin binary with the protocol's environment, through
+//! cni-runtime's executor (both outputs drained, killed at a deadline).
 
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 /// Where Debian's `containernetworking-plugins` puts the Go reference.
 pub const REFERENCE_DIR: &str = "/usr/lib/cni";
@@ -32,7 +34,13 @@ pub struct Call {
     host_netns: Option<String>,
     /// The netns set through [`Call::sandbox`], to catch it being the host's.
     sandbox: Option<String>,
+    /// How long [`Call::run`] waits before it kills the plugin.
+    timeout: Duration,
 }
+
+/// A plugin call that takes longer is hung: the test fails, it does not
+/// hang with it.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What a finished call left behind.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +68,16 @@ impl Outcome {
         v.get("code")
             .and_then(|c| c.as_u64())
             .unwrap_or_else(|| panic!("no error code in {self:?}"))
+    }
+}
+
+impl From<netkit::process::Finished> for Outcome {
+    fn from(f: netkit::process::Finished) -> Self {
+        Outcome {
+            code: f.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&f.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&f.stderr).into_owned(),
+        }
     }
 }
 
@@ -95,7 +113,15 @@ impl Call {
             cwd: None,
             host_netns: None,
             sandbox: None,
+            timeout: DEFAULT_TIMEOUT,
         }
+    }
+
+    /// How long [`Call::run`] waits for the plugin (default
+    /// [`DEFAULT_TIMEOUT`]).
+    pub fn timeout(mut self, t: Duration) -> Self {
+        self.timeout = t;
+        self
     }
 
     pub fn stdin(mut self, s: impl Into<Vec<u8>>) -> Self {
@@ -186,14 +212,12 @@ impl Call {
         Ok(child)
     }
 
-    /// Runs the plugin to completion.
+    /// Runs the plugin to completion; panics when it cannot start or has
+    /// not finished by the deadline.
     pub fn run(&self) -> Outcome {
-        let child = self
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", self.bin.display()));
-        child
-            .wait_with_output()
-            .unwrap_or_else(|e| panic!("waiting for {}: {e}", self.bin.display()))
+        let name = self.bin.display().to_string();
+        cni_runtime::exec::run(self.command(), &name, &self.stdin, self.timeout)
+            .unwrap_or_else(|e| panic!("running {name}: {e}"))
             .into()
     }
 }

@@ -3,7 +3,8 @@
 use std::path::Path;
 
 use cni_protocol::args::CniArgs;
-use cni_protocol::{CniError, CniResult, ErrorCode, Interface, Plugin, Request, ipam};
+use cni_protocol::{CniError, CniResult, ErrorCode, Interface, Plugin, Request};
+use cni_runtime::ipam;
 use ipnetwork::IpNetwork;
 
 use crate::netns;

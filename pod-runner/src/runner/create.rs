@@ -27,21 +27,13 @@ pub enum Created {
     AlreadyRunning { pod_ips: Vec<String> },
 }
 
-/// The addresses in a CNI result, any version.
-pub(crate) fn result_ips(result: &Value) -> Vec<String> {
-    let mut out: Vec<String> = result["ips"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|ip| ip["address"].as_str())
-        .map(|a| a.split('/').next().unwrap_or(a).to_string())
-        .collect();
-    for legacy in ["ip4", "ip6"] {
-        if let Some(a) = result[legacy]["ip"].as_str() {
-            out.push(a.split('/').next().unwrap_or(a).to_string());
-        }
-    }
-    out
+/// The addresses of a CNI result.
+pub(crate) fn result_ips(result: &cni_protocol::CniResult) -> Vec<String> {
+    result
+        .ips
+        .iter()
+        .map(|c| c.address.ip().to_string())
+        .collect()
 }
 
 fn kubelet_labels(plan: &PodPlan, kind: &str, container: &str) -> HashMap<String, String> {
@@ -190,15 +182,42 @@ impl Runner {
         self.store.save(&record)?;
         match self.bring_up(&pod, &plan, &mut record).await {
             Ok(ips) => Ok(Created::Started { pod_ips: ips }),
-            Err(error) => match self.teardown(&record, 0).await {
-                Ok(_) => Err(RunError::RolledBack {
-                    error: Box::new(error),
-                }),
-                Err(rb) => Err(RunError::RollbackFailed {
-                    error: Box::new(error),
-                    rollback: rb.to_string(),
-                }),
-            },
+            Err(error) => {
+                let sandbox_failed = matches!(error, RunError::Cni(_) | RunError::Netns(_));
+                let failure = match self.teardown(&record, 0).await {
+                    Ok(_) => RunError::RolledBack {
+                        error: Box::new(error),
+                    },
+                    Err(rb) => RunError::RollbackFailed {
+                        error: Box::new(error),
+                        rollback: rb.to_string(),
+                    },
+                };
+                if sandbox_failed {
+                    self.report_sandbox_failure(&plan, &failure).await;
+                }
+                Err(failure)
+            }
+        }
+    }
+
+    /// Says in the Pod's status why its sandbox could not be made (the
+    /// kubelet's FailedCreatePodSandBox); the pod stays Pending. Best
+    /// effort: the command's own error says it all the same.
+    async fn report_sandbox_failure(&self, plan: &PodPlan, failure: &RunError) {
+        let patch = serde_json::json!({"status": {
+            "reason": "FailedCreatePodSandBox",
+            "message": format!("Failed to create pod sandbox: {failure}"),
+        }});
+        let sent = match self.api() {
+            Ok(api) => api
+                .patch_status(&plan.namespace, &plan.name, &patch)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = sent {
+            warn(&format!("pod {}: reporting the failure: {e}", plan.key()));
         }
     }
 
@@ -354,7 +373,12 @@ impl Runner {
             .as_ref()
             .and_then(|s| serde_json::to_value(s).ok())
             .unwrap_or(Value::Null);
-        let patch = status::patch(&obs, &old, SystemTime::now());
+        let mut patch = status::patch(&obs, &old, SystemTime::now());
+        // A failed earlier create's reason no longer holds.
+        if old.get("reason").is_some() || old.get("message").is_some() {
+            patch["status"]["reason"] = Value::Null;
+            patch["status"]["message"] = Value::Null;
+        }
         self.api()?
             .patch_status(&plan.namespace, &plan.name, &patch)
             .await?;
@@ -444,9 +468,13 @@ mod tests {
 
     #[test]
     fn ips_from_each_result_layout() {
-        let v1 = json!({"ips": [{"address": "10.244.1.2/24"}, {"address": "fd00::2/64"}]});
+        use cni_protocol::{CniResult, SpecVersion};
+        let v1 = json!({"cniVersion": "1.0.0",
+                        "ips": [{"address": "10.244.1.2/24"}, {"address": "fd00::2/64"}]});
+        let v1 = CniResult::from_value(v1, SpecVersion::V1_0_0).expect("1.0.0");
         assert_eq!(result_ips(&v1), vec!["10.244.1.2", "fd00::2"]);
-        let v02 = json!({"ip4": {"ip": "10.244.1.3/24"}});
+        let v02 = json!({"cniVersion": "0.2.0", "ip4": {"ip": "10.244.1.3/24"}});
+        let v02 = CniResult::from_value(v02, SpecVersion::V0_2_0).expect("0.2.0");
         assert_eq!(result_ips(&v02), vec!["10.244.1.3"]);
     }
 

@@ -108,6 +108,10 @@ impl Runner {
             Err(e @ crate::cni::CniRunError::Config(_)) if !cached => {
                 warn(&format!("CNI DEL skipped: {e}"))
             }
+            // No ADD completed and a plugin hangs in DEL as well (as it
+            // hung in the ADD that failed): every other plugin's DEL ran,
+            // and waiting again cannot undo what the hung one holds.
+            Err(e) if !cached && e.is_timeout() => warn(&format!("CNI DEL incomplete: {e}")),
             Err(e) => errors.push(format!("CNI DEL: {e}")),
         }
         if let Err(e) = netns::remove(&r.netns) {
