@@ -3,6 +3,7 @@
 pub mod bridge;
 pub mod loopback;
 pub mod masq;
+pub mod masq_driver;
 pub mod masq_nft;
 pub mod nft;
 pub mod nl;

@@ -3,6 +3,7 @@
 
 pub mod config;
 mod gateway;
+mod masquerade;
 mod plugin;
 mod setup;
 pub mod vlan;

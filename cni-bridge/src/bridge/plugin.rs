@@ -9,9 +9,10 @@ use ipnetwork::IpNetwork;
 
 use crate::netns;
 use crate::nl::{Netlink, format_mac};
-use crate::{masq, masq_nft, spoofcheck};
+use crate::spoofcheck;
 
-use super::config::{MasqBackend, NetConf};
+use super::config::NetConf;
+use super::masquerade::{self, Masquerade};
 use super::{gateway, setup, vlan_setup};
 use setup::{nl_err, ns_err};
 
@@ -43,34 +44,6 @@ fn internal(e: impl std::fmt::Display) -> CniError {
     CniError::internal(e.to_string())
 }
 
-fn masq_setup(conf: &NetConf, id: &str, addrs: &[IpNetwork]) -> Result<(), CniError> {
-    match conf.masq_backend()? {
-        MasqBackend::Iptables => masq::setup(&conf.name, id, addrs).map_err(internal),
-        MasqBackend::Nftables => masq_nft::setup(&conf.name, id, addrs).map_err(internal),
-    }
-}
-
-fn masq_teardown(conf: &NetConf, id: &str, addrs: Option<&[IpNetwork]>) -> Result<(), CniError> {
-    match conf.masq_backend()? {
-        MasqBackend::Iptables => masq::teardown(&conf.name, id, addrs).map_err(internal),
-        MasqBackend::Nftables => masq_nft::teardown(&conf.name, id, addrs).map_err(internal),
-    }
-}
-
-fn masq_verify(conf: &NetConf, id: &str, addrs: &[IpNetwork]) -> Result<bool, CniError> {
-    match conf.masq_backend()? {
-        MasqBackend::Iptables => masq::verify(&conf.name, id, addrs).map_err(internal),
-        MasqBackend::Nftables => masq_nft::verify(&conf.name, id, addrs).map_err(internal),
-    }
-}
-
-fn masq_gc(conf: &NetConf, valid: &[String]) -> Result<(), CniError> {
-    match conf.masq_backend()? {
-        MasqBackend::Iptables => masq::collect_garbage(&conf.name, valid).map_err(internal),
-        MasqBackend::Nftables => masq_nft::collect_garbage(&conf.name, valid).map_err(internal),
-    }
-}
-
 /// `CNI_ARGS` as the reference's bridge reads them on every command: `MAC`
 /// is its one key, and any other is refused unless `IgnoreUnknown` is set.
 fn cni_args(req: &Request) -> Result<CniArgs, CniError> {
@@ -98,8 +71,10 @@ impl Undo {
         if self.spoof {
             let _ = spoofcheck::teardown(&req.env.container_id, &req.env.ifname);
         }
-        if self.masq {
-            let _ = masq_teardown(conf, &req.env.container_id, None);
+        if self.masq
+            && let Ok(Some(m)) = Masquerade::of(conf, &req.env.container_id)
+        {
+            m.rollback();
         }
         if let Some(host) = &self.host_veth
             && let Ok(Some(l)) = nl.link_by_name(host)
@@ -216,10 +191,11 @@ fn add_steps(
                 gws.iter().any(|g| g.is_ipv6()),
             )?;
         }
-        if conf.ip_masq {
-            undo.masq = true;
+        if let Some(m) = Masquerade::of(conf, &req.env.container_id)? {
             let addrs: Vec<IpNetwork> = result.ips.iter().map(|ip| ip.address).collect();
-            masq_setup(conf, &req.env.container_id, &addrs)?;
+            // A failed setup has removed its own rules.
+            m.setup(&addrs)?;
+            undo.masq = true;
         }
     }
     // The bridge MAC may have changed with the first port or the address.
@@ -265,12 +241,11 @@ fn del(req: &Request) -> Result<(), CniError> {
             Ok(())
         }
     };
-    let masq_del = |addrs: Option<&[IpNetwork]>| {
-        if conf.is_layer3() && conf.ip_masq {
-            masq_teardown(&conf, id, addrs)
-        } else {
-            Ok(())
-        }
+    // The backend is read only here, after the address is released: a
+    // DEL with an unknown ipMasqBackend still gives the address back.
+    let masq_del = |addrs: Option<&[IpNetwork]>| match Masquerade::of(&conf, id)? {
+        Some(m) => m.teardown(addrs),
+        None => Ok(()),
     };
     // Without a netns (or with one already gone) the interface went with
     // it; the address and the masquerade rules are still ours to release.
@@ -418,14 +393,8 @@ fn check(req: &Request) -> Result<(), CniError> {
             )));
         }
     }
-    if conf.is_layer3() && conf.ip_masq {
-        let ok = masq_verify(&conf, &req.env.container_id, &want_ips)?;
-        if !ok {
-            return Err(CniError::internal(format!(
-                "masquerade rules for {} are missing",
-                req.env.container_id
-            )));
-        }
+    if let Some(m) = Masquerade::of(&conf, &req.env.container_id)? {
+        m.verify(&want_ips)?;
     }
     Ok(())
 }
@@ -440,7 +409,7 @@ fn gc(req: &Request) -> Result<(), CniError> {
             .flatten()
             .map(|a| a.container_id.clone())
             .collect();
-        masq_gc(&conf, &valid)?;
+        masquerade::collect_garbage(&conf, &valid)?;
     }
     if conf.is_layer3() {
         ipam::exec_gc(&conf.ipam.plugin, req)?;
