@@ -26,6 +26,12 @@ use testbed::image::static_bin;
 use testbed::relay::Relay;
 
 /// node-sync's ClusterRole and its binding to `system:nodes`.
+/// The binary under test: the static release build the suite ships
+/// (`scripts/build-plugins.sh -p node-sync`), run as a node would run it.
+pub fn node_sync_bin() -> std::path::PathBuf {
+    static_bin("node-sync")
+}
+
 pub const RBAC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/node-sync-rbac.yaml");
 
 pub struct Agent(pub Child);
@@ -179,7 +185,7 @@ impl Env {
             .unwrap_or_else(|| self.dir.path().join("no-containerd.sock"));
         let child = Command::new("nsenter")
             .arg(format!("--net={}", self.ns(name).path().display()))
-            .arg(env!("CARGO_BIN_EXE_node-sync"))
+            .arg(node_sync_bin())
             .arg("--kubeconfig")
             .arg(self.kubeconfig(name))
             .args(["--node-name", name, "--node-ip", n.ip, "--pod-cidr", n.cidr])
@@ -213,7 +219,7 @@ impl Env {
         let n = self.node(name);
         Command::new("nsenter")
             .arg(format!("--net={}", self.ns(name).path().display()))
-            .arg(env!("CARGO_BIN_EXE_node-sync"))
+            .arg(node_sync_bin())
             .arg("--kubeconfig")
             .arg(kubeconfig)
             .args(["--node-name", name, "--node-ip", n.ip])

@@ -34,7 +34,7 @@ fn start(cluster: &Cluster, dir: &std::path::Path) -> Agent {
             "--net={}",
             cluster.node("inajob").ns.path().display()
         ))
-        .arg(env!("CARGO_BIN_EXE_node-sync"))
+        .arg(testbed::image::static_bin("node-sync"))
         .arg("--kubeconfig")
         .arg(dir.join("inajob.kubeconfig"))
         .args(["--node-name", "inajob", "--node-ip", "192.168.43.111"])
@@ -109,7 +109,7 @@ async fn the_tutorial_service_becomes_the_nft_table() {
             "--net={}",
             cluster.node("inajob").ns.path().display()
         ))
-        .arg(env!("CARGO_BIN_EXE_node-sync"))
+        .arg(testbed::image::static_bin("node-sync"))
         .arg("--kubeconfig")
         .arg(dir.path().join("inajob.kubeconfig"))
         .args(["--node-name", "inajob", "--node-ip", "192.168.43.111"])
