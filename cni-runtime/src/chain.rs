@@ -583,37 +583,45 @@ mod tests {
         assert!(Path::new(&b.dir.path().join("cache/results/net-c2-eth0")).exists());
     }
 
-    #[test]
-    fn one_deadline_for_the_whole_chain() {
+    /// [`bed`] with `slow` (never answers) and `nap` (answers after
+    /// 300 ms), and a 500 ms timeout.
+    fn slow_bed() -> Bed {
         let mut b = bed();
+        let bin = &b.cni.exec.bin_dirs[0];
+        script(bin, "slow", "cat >/dev/null; exec sleep 1000");
         script(
-            &b.cni.exec.bin_dirs[0],
-            "slow",
-            "cat >/dev/null; exec sleep 1000",
+            bin,
+            "nap",
+            "cat >/dev/null; sleep 0.3; echo '{\"cniVersion\":\"1.0.0\"}'",
         );
-        b.cni.timeout = Duration::from_millis(400);
+        b.cni.timeout = Duration::from_millis(500);
+        b
+    }
+
+    #[test]
+    fn one_deadline_for_the_whole_add() {
+        let b = slow_bed();
+        // Each nap fits the timeout alone; the second does not fit what the
+        // first left of it.
         let t = Instant::now();
         let e = b
             .cni
-            .add(&list("1.0.0", &["a", "slow", "slow"]), &rt())
+            .add(&list("1.0.0", &["nap", "nap"]), &rt())
             .expect_err("timeout");
         assert!(e.is_timeout(), "{e}");
         assert_eq!(
             e.to_string(),
-            "plugin type=\"slow\" failed (add): the operation did not finish within 0.400s and the plugin was killed"
+            "plugin type=\"nap\" failed (add): the operation did not finish within 0.500s and the plugin was killed"
         );
         assert!(t.elapsed() < Duration::from_secs(5));
+        b.cni
+            .add(&list("1.0.0", &["nap"]), &rt())
+            .expect("one nap fits");
     }
 
     #[test]
     fn a_plugin_hung_in_del_does_not_starve_the_others() {
-        let mut b = bed();
-        script(
-            &b.cni.exec.bin_dirs[0],
-            "slow",
-            "cat >/dev/null; exec sleep 1000",
-        );
-        b.cni.timeout = Duration::from_millis(400);
+        let b = slow_bed();
         let e = b
             .cni
             .del(&list("1.0.0", &["a", "b", "slow"]), &rt())
