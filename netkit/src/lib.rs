@@ -4,6 +4,7 @@
 
 pub mod netns;
 pub mod nft;
+pub mod pinned;
 pub mod process;
 pub mod sysctl;
 pub mod tool;

@@ -5,7 +5,6 @@ pub mod api;
 pub mod cgroup;
 pub mod cni;
 pub mod logs;
-pub mod netns;
 pub mod pod;
 pub mod quantity;
 pub mod runner;

@@ -10,12 +10,13 @@ use oci_spec::runtime::LinuxNamespaceType as Ns;
 use serde_json::Value;
 
 use crate::cni::Attachment;
+use crate::logs;
 use crate::pod::{self, Fields, PodPlan};
 use crate::spec::{self, ContainerSpec};
 use crate::state::{AppContainer, PodRecord, derive_id, netns_name};
 use crate::status::{self, ContainerObs, PodObs, State};
-use crate::{logs, netns};
 use containerd_api::{ImageInfo, NewContainer, TaskState};
+use netkit::pinned as netns;
 
 use super::mounts::{container_mounts, prepare_volumes, write_pod_files};
 use super::{RunError, Runner, warn};

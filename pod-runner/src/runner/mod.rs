@@ -11,11 +11,11 @@ use std::path::PathBuf;
 
 use crate::api::{ApiError, KubeApi};
 use crate::cni::{self, CniRunError};
-use crate::netns::NetnsError;
 use crate::pod::PodError;
 use crate::spec::SpecError;
 use crate::state::{StateError, Store};
 use containerd_api::{Containerd, CtrdError};
+use netkit::pinned::PinError;
 
 pub use create::Created;
 pub use inspect::{ContainerView, PodView};
@@ -50,7 +50,7 @@ pub enum RunError {
     #[error(transparent)]
     Cni(#[from] CniRunError),
     #[error(transparent)]
-    Netns(#[from] NetnsError),
+    Netns(#[from] PinError),
     #[error(transparent)]
     State(#[from] StateError),
     #[error(transparent)]

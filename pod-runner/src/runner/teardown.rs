@@ -9,9 +9,9 @@ use std::time::{Duration, SystemTime};
 use serde_json::Value;
 
 use crate::cni::Attachment;
-use crate::netns;
 use crate::state::PodRecord;
 use crate::status::{self, ContainerObs, PodObs, State};
+use netkit::pinned as netns;
 
 use super::{RunError, Runner, warn};
 

@@ -347,7 +347,7 @@ impl Drop for Env {
             let _ = self
                 .command(&["delete", &r.name, "-n", &r.namespace, "--grace-period", "0"])
                 .output();
-            let _ = pod_runner::netns::remove(&r.netns);
+            let _ = netkit::pinned::remove(&r.netns);
         }
     }
 }

@@ -1,6 +1,7 @@
-//! The sandbox's pinned network namespace: a bind mount of a new netns on a
-//! file under `/run/netns`, as CRI runtimes do, so CNI DEL still has it
-//! after the pause process is gone.
+//! Pinned network namespaces: a bind mount of a new netns on a file under
+//! `/run/netns`, as CRI runtimes and `ip netns add` do, so the namespace
+//! outlives its processes (a pod sandbox's CNI DEL still has it after the
+//! pause process is gone).
 
 use std::path::{Path, PathBuf};
 
@@ -8,7 +9,7 @@ use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use nix::sched::{CloneFlags, unshare};
 
 #[derive(Debug, thiserror::Error)]
-pub enum NetnsError {
+pub enum PinError {
     #[error("creating netns {path}: {msg}")]
     Create { path: PathBuf, msg: String },
     #[error("removing netns {path}: {msg}")]
@@ -19,9 +20,9 @@ pub const DIR: &str = "/run/netns";
 
 /// Creates `<DIR>/<name>` holding a new network namespace. An existing
 /// one (from an interrupted create) is kept and returned.
-pub fn create(name: &str) -> Result<PathBuf, NetnsError> {
+pub fn create(name: &str) -> Result<PathBuf, PinError> {
     let path = Path::new(DIR).join(name);
-    let err = |msg: String| NetnsError::Create {
+    let err = |msg: String| PinError::Create {
         path: path.clone(),
         msg,
     };
@@ -66,8 +67,8 @@ pub fn is_mounted(path: &Path) -> bool {
 }
 
 /// Unmounts and removes the namespace file; a missing one is fine.
-pub fn remove(path: &Path) -> Result<(), NetnsError> {
-    let err = |msg: String| NetnsError::Remove {
+pub fn remove(path: &Path) -> Result<(), PinError> {
+    let err = |msg: String| PinError::Remove {
         path: path.to_path_buf(),
         msg,
     };
