@@ -355,15 +355,7 @@ impl Agent {
             } else {
                 Next::Idle
             };
-            let wake = async move {
-                match next {
-                    Next::Idle => std::future::pending().await,
-                    Next::Now => {}
-                    Next::At(t) => {
-                        tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await
-                    }
-                }
-            };
+            let wake = next.due();
             tokio::select! {
                 ev = events.next() => match ev {
                     None => return,

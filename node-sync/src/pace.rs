@@ -109,6 +109,18 @@ pub enum Next {
     At(Instant),
 }
 
+impl Next {
+    /// Returns when the sync is due: at once, at its instant, or never
+    /// (the loop's `select!` wakes on news instead).
+    pub async fn due(self) {
+        match self {
+            Next::Idle => std::future::pending().await,
+            Next::Now => {}
+            Next::At(t) => tokio::time::sleep_until(tokio::time::Instant::from_std(t)).await,
+        }
+    }
+}
+
 impl Schedule {
     pub fn new(bound: Bounded, backoff: Backoff) -> Schedule {
         Schedule {
