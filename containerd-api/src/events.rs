@@ -85,7 +85,9 @@ fn decode(topic: &str, payload: &[u8]) -> Result<Event, prost::DecodeError> {
 impl Containerd {
     /// Events from now on, of this client's namespace, matching any of
     /// `filters` (containerd's syntax, e.g. `topic~="/tasks/"`); none: all
-    /// topics. The stream ends when containerd closes it.
+    /// topics. The stream ends when containerd closes it. containerd sends
+    /// the response headers with the first matching event, so this returns
+    /// only then: poll it beside whatever makes the events.
     pub async fn subscribe(
         &self,
         filters: &[&str],

@@ -24,7 +24,9 @@ async fn private() -> (tempfile::TempDir, PrivateContainerd, Containerd) {
     (state, ctrd, c)
 }
 
-#[tokio::test]
+// Two workers: the subscription's call runs on one while the test blocks
+// on `ctr` on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn imported_image_runs_and_no_lease_is_left() {
     let work = tempfile::tempdir().expect("tmp");
     let tar = single_binary_oci_tar(work.path(), "web", &static_bin("web"));
@@ -52,11 +54,12 @@ async fn imported_image_runs_and_no_lease_is_left() {
     );
 
     // It is complete: containerd unpacks and runs it.
-    let mut events = Box::pin(
-        c.subscribe(&["topic~=\"/tasks/\""])
-            .await
-            .expect("subscribe"),
-    );
+    // containerd sends a subscription's response headers with its first
+    // event, so the call resolves only once a task event exists: it runs
+    // in a task of its own, given a moment to reach containerd before the
+    // container starts.
+    let subscription = tokio::spawn(async move { c.subscribe(&["topic~=\"/tasks/\""]).await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let pod = Netns::new("imp");
     let with_ns = format!("network:{}", pod.path().display());
     ctrd.ctr_ok(&[
@@ -70,6 +73,13 @@ async fn imported_image_runs_and_no_lease_is_left() {
     let answer = testbed::http::get(&pod, "127.0.0.1:8080".parse().expect("addr"));
     assert!(answer.starts_with("HTTP/1.0 200 OK"), "{answer}");
     ctrd.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", "web1"]);
+    let mut events = Box::pin(
+        tokio::time::timeout(Duration::from_secs(10), subscription)
+            .await
+            .expect("the subscription answers once a task event exists")
+            .expect("subscription task")
+            .expect("subscribe"),
+    );
     let mut seen = Vec::new();
     while !seen
         .iter()
