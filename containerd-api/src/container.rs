@@ -41,6 +41,16 @@ pub enum TaskState {
     Other,
 }
 
+/// A task as containerd reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TaskInfo {
+    pub state: TaskState,
+    pub pid: u32,
+    /// When it exited; `None` while it runs (containerd sends no time
+    /// or the zero time then).
+    pub exited_at: Option<std::time::SystemTime>,
+}
+
 /// A container of ours, as listed.
 #[derive(Debug, Clone)]
 pub struct Listed {
@@ -54,7 +64,7 @@ fn create_lease(id: &str) -> String {
     format!("pod-runner-create-{id}")
 }
 
-fn not_found(s: &tonic::Status) -> bool {
+pub(crate) fn not_found(s: &tonic::Status) -> bool {
     s.code() == tonic::Code::NotFound
 }
 
@@ -194,6 +204,12 @@ impl Containerd {
 
     /// The task's state and PID; `None` when it has no task.
     pub async fn task(&self, id: &str) -> Result<Option<(TaskState, u32)>, CtrdError> {
+        Ok(self.task_info(id).await?.map(|t| (t.state, t.pid)))
+    }
+
+    /// The task's state, PID and (once stopped) exit time; `None` when it
+    /// has no task.
+    pub async fn task_info(&self, id: &str) -> Result<Option<TaskInfo>, CtrdError> {
         match self
             .client
             .tasks()
@@ -215,7 +231,11 @@ impl Containerd {
                     },
                     _ => TaskState::Other,
                 };
-                (state, p.pid)
+                TaskInfo {
+                    state,
+                    pid: p.pid,
+                    exited_at: p.exited_at.as_ref().and_then(to_time),
+                }
             })),
             Err(s) if not_found(&s) => Ok(None),
             Err(s) => Err(rpc("tasks.get")(s)),

@@ -6,6 +6,7 @@
 
 mod container;
 mod events;
+mod exec;
 mod image;
 mod pull;
 mod unpack;
@@ -17,8 +18,9 @@ use containerd_client::services::v1::{CreateRequest, DeleteRequest as LeaseDelet
 use tonic::Request;
 use tonic::metadata::MetadataValue;
 
-pub use container::{Listed, NewContainer, TaskState};
+pub use container::{Listed, NewContainer, TaskInfo, TaskState};
 pub use events::{Envelope, Event};
+pub use exec::ExecOutcome;
 pub use image::ImageRef;
 pub use pull::normalize;
 pub use unpack::{ImageInfo, chain_ids, hex};
@@ -41,6 +43,12 @@ pub enum CtrdError {
     Image { name: String, msg: String },
     #[error("containerd event {topic}: {msg}")]
     Event { topic: String, msg: String },
+    #[error("exec {exec_id} in {container_id}: {msg}")]
+    Exec {
+        container_id: String,
+        exec_id: String,
+        msg: String,
+    },
 }
 
 impl CtrdError {
