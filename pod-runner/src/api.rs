@@ -68,6 +68,15 @@ impl KubeApi {
     /// kubectl's rules: `--kubeconfig`, else `KUBECONFIG` (a list, merged),
     /// else `~/.kube/config`; the in-cluster config last.
     pub async fn connect(kubeconfig: Option<&Path>) -> Result<Self, ApiError> {
+        Self::connect_with(kubeconfig, Some(Duration::from_secs(15))).await
+    }
+
+    /// [`KubeApi::connect`] with another read timeout: `None` for watches,
+    /// which are quiet as long as nothing changes.
+    pub async fn connect_with(
+        kubeconfig: Option<&Path>,
+        read_timeout: Option<Duration>,
+    ) -> Result<Self, ApiError> {
         let opts = KubeConfigOptions::default();
         let mut cfg = match kubeconfig {
             Some(p) => {
@@ -82,7 +91,7 @@ impl KubeApi {
                 .map_err(|e| ApiError::Config(e.to_string()))?,
         };
         cfg.connect_timeout = Some(Duration::from_secs(5));
-        cfg.read_timeout = Some(Duration::from_secs(15));
+        cfg.read_timeout = read_timeout;
         cfg.write_timeout = Some(Duration::from_secs(15));
         // Who we are, for the audit log and for `managedFields`.
         let agent = format!(
@@ -96,6 +105,10 @@ impl KubeApi {
         }
         let client = Client::try_from(cfg).map_err(ApiError::Kube)?;
         Ok(KubeApi { client })
+    }
+
+    pub fn client(&self) -> Client {
+        self.client.clone()
     }
 
     fn pods(&self, ns: &str) -> Api<Pod> {

@@ -2,10 +2,13 @@
 //! these modules.
 
 pub mod api;
+pub mod backoff;
 pub mod cgroup;
 pub mod cni;
+pub mod daemon;
 pub mod logs;
 pub mod pod;
+pub mod probe;
 pub mod quantity;
 pub mod runner;
 pub mod spec;

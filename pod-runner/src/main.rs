@@ -124,6 +124,18 @@ enum Cmd {
         #[arg(short, long)]
         follow: bool,
     },
+    /// Run every pod bound to this node and keep it true: the daemon
+    /// (watches the API, restarts, probes, deletes). Stopping it leaves the
+    /// pods running; the next start adopts them.
+    Run {
+        /// How often each pod is checked against containerd without an
+        /// event (the kubelet's --sync-frequency)
+        #[arg(long, default_value = "1m", value_parser = humantime::parse_duration)]
+        sync_frequency: std::time::Duration,
+        /// The timeoutSeconds of the pod watch
+        #[arg(long, default_value_t = 290)]
+        watch_timeout_seconds: u32,
+    },
     /// Images in containerd
     Image {
         #[command(subcommand)]
@@ -317,6 +329,19 @@ async fn run(cli: Cli) -> Result<()> {
                     println!("pod {namespace}/{pod} does not run on this node; nothing to do")
                 }
             }
+        }
+        Cmd::Run {
+            sync_frequency,
+            watch_timeout_seconds,
+        } => {
+            let r = runner(g, true).await?;
+            let api = r.api()?.clone();
+            let watch = KubeApi::connect_with(g.kubeconfig.as_deref(), None).await?;
+            let opts = pod_runner::daemon::Options {
+                resync: *sync_frequency,
+                watch_timeout: *watch_timeout_seconds,
+            };
+            pod_runner::daemon::run(std::sync::Arc::new(r), api, watch, opts).await?;
         }
         Cmd::List { output } => {
             let r = runner(g, false).await?;

@@ -2,7 +2,9 @@
 //! delete (or the next create) after a crash finds every piece. IDs are
 //! derived from the pod's UID: a repeated create names the same objects.
 
+use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -26,8 +28,41 @@ pub enum StateError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AppContainer {
     pub name: String,
+    /// The current instance; a restart makes a new one.
     pub id: String,
     pub image: String,
+    /// How many times it was restarted (the instance's number).
+    #[serde(default)]
+    pub attempt: u32,
+    /// When the current instance started, for the status after a restart
+    /// of the daemon.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<SystemTime>,
+    /// How the previous instance ended (`lastState`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<Exit>,
+}
+
+/// How a container instance ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Exit {
+    pub code: i32,
+    /// `Completed`, `Error`, `OOMKilled`.
+    pub reason: String,
+    pub started_at: Option<SystemTime>,
+    pub finished_at: SystemTime,
+    /// The instance's container ID.
+    pub id: String,
+}
+
+/// The ID of a container's instance number `attempt`; the first keeps the
+/// ID earlier releases derived, so their records still name it.
+pub fn container_id(uid: &str, name: &str, attempt: u32) -> String {
+    if attempt == 0 {
+        derive_id(&["container", uid, name])
+    } else {
+        derive_id(&["container", uid, name, &attempt.to_string()])
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -136,6 +171,44 @@ impl Store {
         }
     }
 
+    /// Takes the pod's lock (an flock on `<state>/locks/<ns>_<name>`),
+    /// waiting for whoever holds it: the daemon and the one-shot commands
+    /// never act on one pod at once. Blocking: call from a blocking thread.
+    pub fn lock(&self, namespace: &str, name: &str) -> Result<PodLock, StateError> {
+        let path = self
+            .dir
+            .with_file_name("locks")
+            .join(format!("{namespace}_{name}"));
+        let io = |source| StateError::Io {
+            path: path.clone(),
+            source,
+        };
+        if let Some(d) = path.parent() {
+            std::fs::create_dir_all(d).map_err(io)?;
+        }
+        loop {
+            let f = File::options()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .map_err(io)?;
+            f.lock().map_err(io)?;
+            // An unlock-and-remove raced us: the file we hold is no longer
+            // the one at the path, so another process may hold that one.
+            let same = match (f.metadata(), std::fs::metadata(&path)) {
+                (Ok(a), Ok(b)) => {
+                    use std::os::unix::fs::MetadataExt;
+                    a.ino() == b.ino() && a.dev() == b.dev()
+                }
+                _ => false,
+            };
+            if same {
+                return Ok(PodLock { file: f, path });
+            }
+        }
+    }
+
     /// Every record, for `list`.
     pub fn all(&self) -> Result<Vec<PodRecord>, StateError> {
         let mut out = Vec::new();
@@ -157,6 +230,21 @@ impl Store {
         }
         out.sort_by(|a: &PodRecord, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
         Ok(out)
+    }
+}
+
+/// A held pod lock; released when dropped.
+pub struct PodLock {
+    file: File,
+    path: PathBuf,
+}
+
+impl PodLock {
+    /// Releases the lock and removes its file: the pod is gone from this
+    /// node. Whoever waited on the old file retries on a new one.
+    pub fn release_and_remove(self) {
+        let _ = std::fs::remove_file(&self.path);
+        let _ = self.file.unlock();
     }
 }
 
@@ -196,11 +284,44 @@ mod tests {
             host_ip: None,
             reported: Some(false),
         };
+        let l = s.lock("default", "web").expect("lock");
         s.save(&r).expect("save");
         assert_eq!(s.load("default", "web").expect("load"), Some(r.clone()));
         assert_eq!(s.all().expect("all"), vec![r]);
         s.remove("default", "web").expect("rm");
         s.remove("default", "web").expect("rm twice");
         assert!(s.all().expect("all").is_empty());
+        l.release_and_remove();
+        // A new lock after the removal works.
+        drop(s.lock("default", "web").expect("lock again"));
+    }
+
+    #[test]
+    fn a_lock_is_exclusive() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let s = std::sync::Arc::new(Store::new(dir.path()));
+        let held = s.lock("default", "web").expect("lock");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let s2 = s.clone();
+        let t = std::thread::spawn(move || {
+            let l = s2.lock("default", "web").expect("lock");
+            let _ = tx.send(());
+            drop(l);
+        });
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_millis(200))
+                .is_err()
+        );
+        held.release_and_remove();
+        assert!(rx.recv_timeout(std::time::Duration::from_secs(5)).is_ok());
+        t.join().expect("thread");
+    }
+    #[test]
+    fn the_first_instance_keeps_the_old_id() {
+        assert_eq!(
+            container_id("u", "web", 0),
+            derive_id(&["container", "u", "web"])
+        );
+        assert_ne!(container_id("u", "web", 1), container_id("u", "web", 0));
     }
 }

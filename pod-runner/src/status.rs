@@ -35,6 +35,30 @@ pub struct ContainerObs {
     pub image: String,
     pub image_id: String,
     pub state: State,
+    /// Running and its readiness probe (if any) passes.
+    pub ready: bool,
+    /// Running and its startup probe (if any) passed.
+    pub started: bool,
+    pub restart_count: u32,
+    /// How the previous instance ended: `Terminated`, or nothing.
+    pub last_state: Option<State>,
+}
+
+impl ContainerObs {
+    /// A container as `create` reports it: running, ready, first instance.
+    pub fn running(name: &str, id: &str, image: &str, image_id: &str, started: SystemTime) -> Self {
+        ContainerObs {
+            name: name.into(),
+            id: id.into(),
+            image: image.into(),
+            image_id: image_id.into(),
+            state: State::Running { started },
+            ready: true,
+            started: true,
+            restart_count: 0,
+            last_state: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -47,17 +71,22 @@ pub struct PodObs {
     /// The pod is being torn down for good (`phase` goes terminal).
     pub terminal: bool,
     pub qos: &'static str,
+    /// `Always`, `OnFailure` or `Never`.
+    pub restart_policy: String,
 }
 
 fn ts(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-fn container_status(c: &ContainerObs) -> Value {
-    let running = matches!(c.state, State::Running { .. });
-    let state = match &c.state {
+fn state_json(st: &State, id: &str) -> Value {
+    match st {
         State::Waiting { reason, message } => {
-            json!({"waiting": {"reason": reason, "message": message}})
+            let mut w = json!({"reason": reason});
+            if !message.is_empty() {
+                w["message"] = json!(message);
+            }
+            json!({"waiting": w})
         }
         State::Running { started } => json!({"running": {"startedAt": ts(*started)}}),
         State::Terminated {
@@ -71,21 +100,68 @@ fn container_status(c: &ContainerObs) -> Value {
             if let Some(s) = started {
                 t["startedAt"] = json!(ts(*s));
             }
-            if !c.id.is_empty() {
-                t["containerID"] = json!(format!("containerd://{}", c.id));
+            if !id.is_empty() {
+                t["containerID"] = json!(format!("containerd://{id}"));
             }
             json!({"terminated": t})
         }
+    }
+}
+
+fn container_status(c: &ContainerObs) -> Value {
+    let last = match &c.last_state {
+        // The previous instance's ID is not kept apart: the terminated
+        // state says only how it ended.
+        Some(st) => state_json(st, ""),
+        None => json!({}),
     };
     let mut s = json!({
         "name": c.name, "image": c.image, "imageID": c.image_id,
-        "ready": running, "started": running, "restartCount": 0,
-        "state": state, "lastState": {},
+        "ready": c.ready, "started": c.started, "restartCount": c.restart_count,
+        "state": state_json(&c.state, &c.id), "lastState": last,
     });
     if !c.id.is_empty() {
         s["containerID"] = json!(format!("containerd://{}", c.id));
     }
     s
+}
+
+/// The kubelet's phase (getPhase, without init containers).
+fn phase(obs: &PodObs) -> &'static str {
+    let (mut running, mut waiting, mut stopped, mut succeeded) = (0, 0, 0, 0);
+    for c in &obs.containers {
+        match &c.state {
+            State::Running { .. } => running += 1,
+            State::Terminated { exit_code, .. } => {
+                stopped += 1;
+                if *exit_code == 0 {
+                    succeeded += 1;
+                }
+            }
+            // Waiting to restart counts as stopped: it ran before.
+            State::Waiting { .. } if c.last_state.is_some() => stopped += 1,
+            State::Waiting { .. } => waiting += 1,
+        }
+    }
+    if obs.containers.is_empty() {
+        return "Pending";
+    }
+    if waiting > 0 {
+        return "Pending";
+    }
+    if running > 0 {
+        return "Running";
+    }
+    if obs.terminal || obs.restart_policy != "Always" {
+        if stopped == succeeded {
+            return "Succeeded";
+        }
+        if obs.terminal || obs.restart_policy == "Never" {
+            return "Failed";
+        }
+    }
+    // Always, or OnFailure with a failed container: it restarts.
+    "Running"
 }
 
 /// A condition as the kubelet reports it: a reason only when False, no
@@ -94,17 +170,33 @@ fn container_status(c: &ContainerObs) -> Value {
 fn condition(
     kind: &str,
     ok: bool,
-    reason: Option<&str>,
+    reason: Option<(&str, &str)>,
     old: &[PodCondition],
     now: &Time,
 ) -> Value {
+    let (reason, message) = match reason.filter(|_| !ok) {
+        Some((r, m)) => (
+            Some(r.to_string()),
+            Some(m.to_string()).filter(|m| !m.is_empty()),
+        ),
+        None => (None, None),
+    };
     let c = PodCondition {
         type_: kind.into(),
         status: k8s_conditions::status_of(ok).into(),
-        reason: reason.filter(|_| !ok).map(str::to_string),
+        reason,
+        message,
         ..PodCondition::default()
     };
-    serde_json::to_value(k8s_conditions::stamp(old, c, now, Check::Unset)).unwrap_or_default()
+    let mut v =
+        serde_json::to_value(k8s_conditions::stamp(old, c, now, Check::Unset)).unwrap_or_default();
+    if ok {
+        // Conditions merge by type: a reason the server holds from when
+        // it was False goes only when the patch says so.
+        v["reason"] = Value::Null;
+        v["message"] = Value::Null;
+    }
+    v
 }
 
 /// `ips` as a `podIPs`/`hostIPs` patch over the pod's `old` list: the
@@ -132,30 +224,22 @@ fn ip_list(ips: &[String], old: &Value) -> Value {
 pub fn patch(obs: &PodObs, old: &Value, now: SystemTime) -> Value {
     let old_conditions: &[PodCondition] = &k8s_conditions::parse(&old["conditions"]);
     let now_s = k8s_conditions::time(now);
-    let all_running = !obs.containers.is_empty()
-        && obs
-            .containers
-            .iter()
-            .all(|c| matches!(c.state, State::Running { .. }));
-    let terminated: Vec<i32> = obs
+    let unready: Vec<&str> = obs
         .containers
         .iter()
-        .filter_map(|c| match c.state {
-            State::Terminated { exit_code, .. } => Some(exit_code),
-            _ => None,
-        })
+        .filter(|c| !c.ready)
+        .map(|c| c.name.as_str())
         .collect();
-    let phase = if obs.terminal && terminated.len() == obs.containers.len() {
-        if terminated.iter().all(|c| *c == 0) {
-            "Succeeded"
-        } else {
-            "Failed"
-        }
-    } else if all_running || obs.sandbox_ready && !terminated.is_empty() {
-        "Running"
+    let ready = !obs.containers.is_empty() && unready.is_empty() && !obs.terminal;
+    let why = format!("containers with unready status: [{}]", unready.join(" "));
+    let phase = phase(obs);
+    // A finished pod is not ready, whatever its containers did last.
+    let not_ready = if matches!(phase, "Succeeded" | "Failed") {
+        ("PodCompleted", "")
     } else {
-        "Pending"
+        ("ContainersNotReady", why.as_str())
     };
+    let ready = ready && !matches!(phase, "Succeeded" | "Failed");
     let conditions = vec![
         condition(
             "PodReadyToStartContainers",
@@ -165,17 +249,11 @@ pub fn patch(obs: &PodObs, old: &Value, now: SystemTime) -> Value {
             &now_s,
         ),
         condition("Initialized", true, None, old_conditions, &now_s),
-        condition(
-            "Ready",
-            all_running,
-            Some("ContainersNotReady"),
-            old_conditions,
-            &now_s,
-        ),
+        condition("Ready", ready, Some(not_ready), old_conditions, &now_s),
         condition(
             "ContainersReady",
-            all_running,
-            Some("ContainersNotReady"),
+            ready,
+            Some(not_ready),
             old_conditions,
             &now_s,
         ),
@@ -239,14 +317,19 @@ mod tests {
             host_ip: Some("192.168.43.111".into()),
             start_time: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
             containers: vec![ContainerObs {
+                ready: matches!(state, State::Running { .. }),
+                started: matches!(state, State::Running { .. }),
                 name: "web".into(),
                 id: "abc".into(),
                 image: "localhost/web:latest".into(),
                 image_id: "localhost/web@sha256:00".into(),
                 state,
+                restart_count: 0,
+                last_state: None,
             }],
             terminal: false,
             qos: "BestEffort",
+            restart_policy: "Always".into(),
         }
     }
 

@@ -13,13 +13,39 @@ use crate::cni::Attachment;
 use crate::logs;
 use crate::pod::{self, Fields, PodPlan};
 use crate::spec::{self, ContainerSpec};
-use crate::state::{AppContainer, PodRecord, derive_id, netns_name};
+use crate::state::{AppContainer, PodRecord, container_id, derive_id, netns_name};
 use crate::status::{self, ContainerObs, PodObs, State};
 use containerd_api::{ImageInfo, NewContainer, TaskState};
 use netkit::pinned as netns;
 
 use super::mounts::{container_mounts, prepare_volumes, write_pod_files};
 use super::{RunError, Runner, warn};
+
+/// A pod brought up by [`Runner::start_pod`].
+pub struct Started {
+    pub record: PodRecord,
+    pub containers: Vec<ContainerObs>,
+    pub start_time: SystemTime,
+}
+
+/// The pod's restartPolicy (the API's default, Always, when unset).
+pub fn restart_policy(pod: &Pod) -> String {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.restart_policy.clone())
+        .unwrap_or_else(|| "Always".into())
+}
+
+/// Runs blocking work (child processes) from async code without holding
+/// up the runtime's other tasks; inline on a current-thread runtime.
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
 
 /// What `create` did.
 #[derive(Debug)]
@@ -68,7 +94,7 @@ fn cri_annotations(
         .collect()
 }
 
-fn image_id(info: &ImageInfo) -> String {
+pub fn image_id(info: &ImageInfo) -> String {
     let repo = match info.name.rsplit_once(':') {
         Some((r, tag)) if !tag.contains('/') => r,
         _ => &info.name,
@@ -92,8 +118,11 @@ impl Runner {
                 .iter()
                 .map(|c| AppContainer {
                     name: c.name.clone(),
-                    id: derive_id(&["container", &plan.uid, &c.name]),
+                    id: container_id(&plan.uid, &c.name, 0),
                     image: c.image.clone(),
+                    attempt: 0,
+                    started_at: None,
+                    last_exit: None,
                 })
                 .collect(),
             grace_seconds: plan.grace_seconds,
@@ -160,6 +189,8 @@ impl Runner {
         for w in &plan.warnings {
             warn(&format!("pod {}: {w}", plan.key()));
         }
+        // The daemon may be acting on it: one at a time.
+        let _lock = self.lock(ns, name).await?;
         if let Some(old) = self.store.load(ns, name)? {
             // A create killed after starting the containers but before
             // its status PATCH left a pod the API still sees Pending: it
@@ -177,28 +208,69 @@ impl Runner {
                 ))
             })?;
         }
-        let mut record = self.record_for(&plan);
-        // Before anything exists: a crash from here on leaves a record
-        // that names every piece.
-        self.store.save(&record)?;
-        match self.bring_up(&pod, &plan, &mut record).await {
-            Ok(ips) => Ok(Created::Started { pod_ips: ips }),
-            Err(error) => {
-                let sandbox_failed = matches!(error, RunError::Cni(_) | RunError::Netns(_));
-                let failure = match self.teardown(&record, 0).await {
-                    Ok(_) => RunError::RolledBack {
-                        error: Box::new(error),
-                    },
-                    Err(rb) => RunError::RollbackFailed {
-                        error: Box::new(error),
-                        rollback: rb.to_string(),
-                    },
+        match self.start_pod(&pod, &plan).await {
+            Ok(mut started) => {
+                let obs = PodObs {
+                    sandbox_ready: true,
+                    pod_ips: started.record.pod_ips.clone(),
+                    host_ip: started.record.host_ip.clone(),
+                    start_time: started.start_time,
+                    containers: started.containers,
+                    terminal: false,
+                    qos: status::qos_class(&pod),
+                    restart_policy: restart_policy(&pod),
                 };
-                if sandbox_failed {
+                let old = pod
+                    .status
+                    .as_ref()
+                    .and_then(|s| serde_json::to_value(s).ok())
+                    .unwrap_or(Value::Null);
+                let mut patch = status::patch(&obs, &old, SystemTime::now());
+                // A failed earlier create's reason no longer holds.
+                if old.get("reason").is_some() || old.get("message").is_some() {
+                    patch["status"]["reason"] = Value::Null;
+                    patch["status"]["message"] = Value::Null;
+                }
+                self.api()?
+                    .patch_status(&plan.namespace, &plan.name, &patch)
+                    .await?;
+                started.record.reported = Some(true);
+                self.store.save(&started.record)?;
+                Ok(Created::Started {
+                    pod_ips: started.record.pod_ips,
+                })
+            }
+            Err(failure) => {
+                if failure.root().is_sandbox() {
                     self.report_sandbox_failure(&plan, &failure).await;
                 }
                 Err(failure)
             }
+        }
+    }
+
+    /// Makes the pod's sandbox and starts its containers, the record saved
+    /// before anything exists (a crash leaves a record naming every
+    /// piece); on failure everything made is removed again.
+    pub async fn start_pod(&self, pod: &Pod, plan: &PodPlan) -> Result<Started, RunError> {
+        let mut record = self.record_for(plan);
+        self.store.save(&record)?;
+        let start_time = SystemTime::now();
+        match self.bring_up(pod, plan, &mut record).await {
+            Ok(containers) => Ok(Started {
+                record,
+                containers,
+                start_time,
+            }),
+            Err(error) => Err(match self.teardown(&record, 0).await {
+                Ok(_) => RunError::RolledBack {
+                    error: Box::new(error),
+                },
+                Err(rb) => RunError::RollbackFailed {
+                    error: Box::new(error),
+                    rollback: rb.to_string(),
+                },
+            }),
         }
     }
 
@@ -227,8 +299,7 @@ impl Runner {
         pod: &Pod,
         plan: &PodPlan,
         record: &mut PodRecord,
-    ) -> Result<Vec<String>, RunError> {
-        let start_time = SystemTime::now();
+    ) -> Result<Vec<ContainerObs>, RunError> {
         // Images first: a missing one fails before anything is made.
         let pause = self.ensure_image(&self.pause_image, "IfNotPresent").await?;
         let mut images = Vec::new();
@@ -253,16 +324,60 @@ impl Runner {
             pod_name: &plan.name,
             pod_uid: &plan.uid,
         };
-        let result = self.cni.add(&att)?;
-        let pod_ips = result_ips(&result);
-        record.pod_ips = pod_ips.clone();
-        record.host_ip = host_ip.clone();
+        // The plugins run as child processes: off the async threads.
+        let result = blocking(|| self.cni.add(&att))?;
+        record.pod_ips = result_ips(&result);
+        record.host_ip = host_ip;
         self.store.save(record)?;
 
-        write_pod_files(plan, &record.pod_dir, &pod_ips)?;
-        let volumes = prepare_volumes(plan, &record.pod_dir)?;
+        write_pod_files(plan, &record.pod_dir, &record.pod_ips)?;
+        prepare_volumes(plan, &record.pod_dir)?;
 
-        let pause_pid = self.start_sandbox(plan, record, &pause).await?;
+        self.start_sandbox(plan, record, &pause).await?;
+        let mut observed = Vec::new();
+        for (i, info) in images.iter().enumerate() {
+            let obs = self.start_container(pod, plan, record, i, info).await?;
+            // The time reported is the one kept: a restarted daemon
+            // reports it again, unchanged.
+            if let State::Running { started } = obs.state {
+                record.containers[i].started_at = Some(started);
+            }
+            observed.push(obs);
+        }
+        self.store.save(record)?;
+        Ok(observed)
+    }
+
+    /// Creates and starts the instance `record.containers[i]` names (its
+    /// ID and attempt) in the pod's running sandbox, its output going to
+    /// `<log dir>/<container>/<attempt>.log` as the kubelet names it.
+    pub async fn start_container(
+        &self,
+        pod: &Pod,
+        plan: &PodPlan,
+        record: &PodRecord,
+        i: usize,
+        info: &ImageInfo,
+    ) -> Result<ContainerObs, RunError> {
+        let (c, app) = match (plan.containers.get(i), record.containers.get(i)) {
+            (Some(c), Some(a)) => (c, a),
+            _ => {
+                return Err(RunError::Failed(format!(
+                    "{}: no container {i}",
+                    plan.key()
+                )));
+            }
+        };
+        let pause_pid = match self.ctrd.task(&record.sandbox_id).await? {
+            Some((TaskState::Running, pid)) => pid,
+            _ => {
+                return Err(RunError::Failed(format!(
+                    "{}: the sandbox is not running",
+                    plan.key()
+                )));
+            }
+        };
+        let volumes = prepare_volumes(plan, &record.pod_dir)?;
         let service_account = pod
             .spec
             .as_ref()
@@ -271,121 +386,93 @@ impl Runner {
         let fields = Fields {
             plan,
             service_account: &service_account,
-            pod_ips: &pod_ips,
-            host_ip: host_ip.as_deref().unwrap_or(""),
+            pod_ips: &record.pod_ips,
+            host_ip: record.host_ip.as_deref().unwrap_or(""),
         };
-        let mut observed = Vec::new();
-        for ((c, info), app) in plan.containers.iter().zip(&images).zip(&record.containers) {
-            let env_image: Vec<String> = info.config["Env"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|e| e.as_str().map(str::to_string))
-                .collect();
-            let env = pod::environment(c, &env_image, &fields);
-            let args = pod::process_args(c, &info.config, &env);
-            if args.is_empty() {
-                return Err(RunError::Failed(format!(
-                    "container {}: no command: the image has no Entrypoint or Cmd and the pod gives none",
-                    c.name
-                )));
-            }
-            let cwd = c
-                .working_dir
-                .clone()
-                .or_else(|| info.config["WorkingDir"].as_str().map(str::to_string))
-                .unwrap_or_default();
-            let (uid, gid) = image_user(info)?;
-            let cs = ContainerSpec {
-                args,
-                env,
-                cwd,
-                uid,
-                gid,
-                hostname: None,
-                namespaces: vec![
-                    (Ns::Pid, None),
-                    (Ns::Mount, None),
-                    (Ns::Network, Some(record.netns.clone())),
-                    (Ns::Ipc, Some(format!("/proc/{pause_pid}/ns/ipc").into())),
-                    (Ns::Uts, Some(format!("/proc/{pause_pid}/ns/uts").into())),
+        let env_image: Vec<String> = info.config["Env"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.as_str().map(str::to_string))
+            .collect();
+        let env = pod::environment(c, &env_image, &fields);
+        let args = pod::process_args(c, &info.config, &env);
+        if args.is_empty() {
+            return Err(RunError::Failed(format!(
+                "container {}: no command: the image has no Entrypoint or Cmd and the pod gives none",
+                c.name
+            )));
+        }
+        let cwd = c
+            .working_dir
+            .clone()
+            .or_else(|| info.config["WorkingDir"].as_str().map(str::to_string))
+            .unwrap_or_default();
+        let (uid, gid) = image_user(info)?;
+        let cs = ContainerSpec {
+            args,
+            env,
+            cwd,
+            uid,
+            gid,
+            hostname: None,
+            namespaces: vec![
+                (Ns::Pid, None),
+                (Ns::Mount, None),
+                (Ns::Network, Some(record.netns.clone())),
+                (Ns::Ipc, Some(format!("/proc/{pause_pid}/ns/ipc").into())),
+                (Ns::Uts, Some(format!("/proc/{pause_pid}/ns/uts").into())),
+            ],
+            mounts: container_mounts(plan, c, &record.pod_dir, &volumes),
+            memory_limit: c.memory_limit,
+            cpu_quota: c.cpu_limit_milli.map(|m| m * 100),
+            cpu_period: c.cpu_limit_milli.map(|_| 100_000),
+            cpu_shares: c
+                .cpu_request_milli
+                .or(c.cpu_limit_milli)
+                .map(|m| ((m * 1024 / 1000).max(2)) as u64),
+            cgroups_path: self.cgroup(plan, &app.id),
+            read_only_rootfs: false,
+            annotations: cri_annotations(
+                plan,
+                &record.sandbox_id,
+                "container",
+                &[
+                    ("io.kubernetes.cri.container-name", &c.name),
+                    ("io.kubernetes.cri.image-name", &info.name),
                 ],
-                mounts: container_mounts(plan, c, &record.pod_dir, &volumes),
-                memory_limit: c.memory_limit,
-                cpu_quota: c.cpu_limit_milli.map(|m| m * 100),
-                cpu_period: c.cpu_limit_milli.map(|_| 100_000),
-                cpu_shares: c
-                    .cpu_request_milli
-                    .or(c.cpu_limit_milli)
-                    .map(|m| ((m * 1024 / 1000).max(2)) as u64),
-                cgroups_path: self.cgroup(plan, &app.id),
-                read_only_rootfs: false,
-                annotations: cri_annotations(
-                    plan,
-                    &record.sandbox_id,
-                    "container",
-                    &[
-                        ("io.kubernetes.cri.container-name", &c.name),
-                        ("io.kubernetes.cri.image-name", &info.name),
-                    ],
-                ),
-            };
-            let log = record.log_dir.join(&c.name).join("0.log");
-            if let Some(dir) = log.parent() {
-                std::fs::create_dir_all(dir).map_err(|source| RunError::Io {
-                    what: format!("creating {}", dir.display()),
-                    source,
-                })?;
-            }
-            self.ctrd
-                .create_container(&NewContainer {
-                    id: &app.id,
-                    image: &info.name,
-                    parent_snapshot: &info.chain_id,
-                    labels: kubelet_labels(plan, "container", &c.name),
-                    spec: spec::build(&cs)?,
-                })
-                .await?;
-            self.ctrd
-                .create_task(&app.id, &logs::uri(&self.paths.logger, &log))
-                .await?;
-            self.ctrd.start_task(&app.id).await?;
-            observed.push(ContainerObs {
-                name: c.name.clone(),
-                id: app.id.clone(),
-                image: info.name.clone(),
-                image_id: image_id(info),
-                state: State::Running {
-                    started: SystemTime::now(),
-                },
-            });
-        }
-        let obs = PodObs {
-            sandbox_ready: true,
-            pod_ips: pod_ips.clone(),
-            host_ip,
-            start_time,
-            containers: observed,
-            terminal: false,
-            qos: status::qos_class(pod),
+            ),
         };
-        let old = pod
-            .status
-            .as_ref()
-            .and_then(|s| serde_json::to_value(s).ok())
-            .unwrap_or(Value::Null);
-        let mut patch = status::patch(&obs, &old, SystemTime::now());
-        // A failed earlier create's reason no longer holds.
-        if old.get("reason").is_some() || old.get("message").is_some() {
-            patch["status"]["reason"] = Value::Null;
-            patch["status"]["message"] = Value::Null;
+        let log = record
+            .log_dir
+            .join(&c.name)
+            .join(format!("{}.log", app.attempt));
+        if let Some(dir) = log.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| RunError::Io {
+                what: format!("creating {}", dir.display()),
+                source,
+            })?;
         }
-        self.api()?
-            .patch_status(&plan.namespace, &plan.name, &patch)
+        self.ctrd
+            .create_container(&NewContainer {
+                id: &app.id,
+                image: &info.name,
+                parent_snapshot: &info.chain_id,
+                labels: kubelet_labels(plan, "container", &c.name),
+                spec: spec::build(&cs)?,
+            })
             .await?;
-        record.reported = Some(true);
-        self.store.save(record)?;
-        Ok(pod_ips)
+        self.ctrd
+            .create_task(&app.id, &logs::uri(&self.paths.logger, &log))
+            .await?;
+        self.ctrd.start_task(&app.id).await?;
+        Ok(ContainerObs::running(
+            &c.name,
+            &app.id,
+            &info.name,
+            &image_id(info),
+            SystemTime::now(),
+        ))
     }
 
     pub(crate) fn cgroup(&self, plan: &PodPlan, id: &str) -> String {

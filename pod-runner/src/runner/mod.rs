@@ -5,6 +5,7 @@ mod create;
 mod images;
 mod inspect;
 mod mounts;
+mod restart;
 mod teardown;
 
 use std::path::PathBuf;
@@ -17,8 +18,9 @@ use crate::state::{StateError, Store};
 use containerd_api::{Containerd, CtrdError};
 use netkit::pinned::PinError;
 
-pub use create::Created;
+pub use create::{Created, Started, image_id, restart_policy};
 pub use inspect::{ContainerView, PodView};
+pub use restart::{exit_of, exit_reason};
 pub use teardown::Deleted;
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +77,21 @@ pub enum RunError {
     },
 }
 
+impl RunError {
+    /// The error under a rollback's report.
+    pub fn root(&self) -> &RunError {
+        match self {
+            RunError::RolledBack { error } | RunError::RollbackFailed { error, .. } => error.root(),
+            e => e,
+        }
+    }
+
+    /// The sandbox (netns, CNI) could not be made.
+    pub fn is_sandbox(&self) -> bool {
+        matches!(self, RunError::Cni(_) | RunError::Netns(_))
+    }
+}
+
 /// Where things go on this node.
 #[derive(Debug, Clone)]
 pub struct Paths {
@@ -102,7 +119,21 @@ pub struct Runner {
 }
 
 impl Runner {
-    pub(crate) fn api(&self) -> Result<&KubeApi, RunError> {
+    /// The pod's lock, taken on a blocking thread (see [`Store::lock`]).
+    pub(crate) async fn lock(
+        &self,
+        ns: &str,
+        name: &str,
+    ) -> Result<crate::state::PodLock, RunError> {
+        let store = Store::new(&self.paths.state_dir);
+        let (ns, name) = (ns.to_string(), name.to_string());
+        tokio::task::spawn_blocking(move || store.lock(&ns, &name))
+            .await
+            .map_err(|e| RunError::Failed(format!("taking the pod's lock: {e}")))?
+            .map_err(RunError::from)
+    }
+
+    pub fn api(&self) -> Result<&KubeApi, RunError> {
         self.api
             .as_ref()
             .ok_or_else(|| RunError::Failed(format!("no API server: {}", self.api_error)))

@@ -15,10 +15,10 @@ use netkit::pinned as netns;
 
 use super::{RunError, Runner, warn};
 
-const SIGTERM: u32 = 15;
-const SIGKILL: u32 = 9;
+pub(crate) const SIGTERM: u32 = 15;
+pub(crate) const SIGKILL: u32 = 9;
 /// How long a SIGKILLed task may take to be reaped.
-const KILL_WAIT: Duration = Duration::from_secs(10);
+pub(crate) const KILL_WAIT: Duration = Duration::from_secs(10);
 
 /// What `delete` did.
 #[derive(Debug, PartialEq, Eq)]
@@ -101,7 +101,7 @@ impl Runner {
             pod_uid: &r.uid,
         };
         let cached = self.cni.has_cache(&att);
-        match self.cni.del(&att) {
+        match super::create::blocking(|| self.cni.del(&att)) {
             Ok(()) => {}
             // No ADD completed and the config does not load: nothing can
             // have been set up with it (a failed ADD undoes itself).
@@ -139,6 +139,7 @@ impl Runner {
         name: &str,
         grace_override: Option<i64>,
     ) -> Result<Deleted, RunError> {
+        let lock = self.lock(ns, name).await?;
         let record = self.store.load(ns, name)?;
         // The API may be down: the local teardown happens anyway.
         let pod = match async { self.api()?.pod(ns, name).await.map_err(RunError::from) }.await {
@@ -182,6 +183,7 @@ impl Runner {
             })
             .unwrap_or(record.grace_seconds);
         let exits = self.teardown(&record, grace).await?;
+        lock.release_and_remove();
         // Report only on the incarnation we ran.
         if api_uid.as_deref() == Some(record.uid.as_str())
             && let Some(pod) = &pod
@@ -221,6 +223,10 @@ fn terminated_patch(
                 .map(|(_, e)| *e as i32)
                 .unwrap_or(137);
             ContainerObs {
+                ready: false,
+                started: false,
+                restart_count: c.attempt,
+                last_state: None,
                 name: c.name.clone(),
                 id: c.id.clone(),
                 image: prev
@@ -248,6 +254,7 @@ fn terminated_patch(
         containers,
         terminal: true,
         qos: status::qos_class(pod),
+        restart_policy: super::restart_policy(pod),
     };
     let old = old_status
         .and_then(|s| serde_json::to_value(s).ok())

@@ -1,0 +1,246 @@
+//! `pod-runner run` on one emulated node against the real API server:
+//! pods bound to the node run with no command typed, a finished pod ends
+//! Succeeded and releases its network, a deleted pod is stopped and
+//! deleted by the daemon, a pod deleted while the daemon was down is torn
+//! down when it starts, the daemon's restart adopts what runs, and bad
+//! pods get the kubelet's statuses. (The two-node acceptance with the
+//! controllers and node-sync is in tests/daemon.rs.)
+
+mod common;
+
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Env, text};
+use k8s_openapi::api::core::v1::Pod;
+use serde_json::json;
+
+struct Daemon(Child);
+
+impl Daemon {
+    fn start(env: &Env) -> Daemon {
+        let child = env
+            .command(&["run", "--sync-frequency", "10s"])
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start pod-runner run");
+        Daemon(child)
+    }
+
+    fn signal(&mut self, sig: nix::sys::signal::Signal) {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), sig);
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn pod(name: &str, spec: serde_json::Value) -> Pod {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "labels": {"app": name}},
+        "spec": spec,
+    }))
+    .expect("pod")
+}
+
+async fn wait_for<T>(what: &str, secs: u64, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let t = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(secs),
+            "{what}: not within {secs} s"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn phase(p: &Pod) -> String {
+    p.status
+        .as_ref()
+        .and_then(|s| s.phase.clone())
+        .unwrap_or_default()
+}
+
+fn container_id(p: &Pod) -> Option<String> {
+    p.status
+        .as_ref()?
+        .container_statuses
+        .as_ref()?
+        .first()?
+        .container_id
+        .clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemon_runs_finishes_deletes_and_adopts() {
+    let env = Env::new("prd");
+    let mut daemon = Daemon::start(&env);
+
+    // A pod bound to the node runs with no command typed.
+    env.create_pod("pod-web-002.yaml", Some("inajob")).await;
+    let running = wait_for("web-002 Running", 20, async || {
+        env.pod("web-002").await.filter(|p| {
+            phase(p) == "Running"
+                && p.status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+        })
+    })
+    .await;
+    let ip = running
+        .status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .expect("podIP");
+    let answer = testbed::http::get(&env.node().ns, format!("{ip}:8080").parse().expect("addr"));
+    assert!(answer.ends_with("\nweb-002\n"), "{answer}");
+    // The one-shot commands see the daemon's pods.
+    let list = env.pod_runner(&["list"]);
+    assert!(common::stdout(&list).contains("web-002"), "{}", text(&list));
+    let id = container_id(&running).expect("containerID");
+
+    // A Never pod that exits 0 ends Succeeded, its network released.
+    env.create_pod_object(
+        pod(
+            "once",
+            json!({"restartPolicy": "Never", "containers": [
+                {"name": "once", "image": "localhost/web:latest", "command": ["/web", "exit", "0"]}]}),
+        ),
+        Some("inajob"),
+    )
+    .await;
+    let done = wait_for("once Succeeded", 20, async || {
+        env.pod("once").await.filter(|p| phase(p) == "Succeeded")
+    })
+    .await;
+    let cs = &done
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.clone())
+        .expect("cs")[0];
+    let t = cs
+        .state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .expect("terminated");
+    assert_eq!((t.exit_code, t.reason.as_deref()), (0, Some("Completed")));
+    wait_for("once's lease released", 10, async || {
+        (env.leases().len() == 1).then_some(())
+    })
+    .await;
+
+    // SIGKILL of the daemon leaves the pod running; the next one adopts
+    // it: the same container, no restart, and the status unchanged.
+    daemon.signal(nix::sys::signal::Signal::SIGKILL);
+    let before = env.pod("web-002").await.expect("pod");
+    // Deleted from the API while no daemon runs: torn down at its start.
+    env.create_pod_object(
+        pod(
+            "orphan",
+            json!({"containers": [{"name": "web", "image": "localhost/web:latest"}]}),
+        ),
+        Some("inajob"),
+    )
+    .await;
+    let out = env.pod_runner(&["create", "orphan"]);
+    assert!(out.status.success(), "{}", text(&out));
+    env.remove_pod("orphan").await;
+    let mut daemon = Daemon::start(&env);
+    wait_for("orphan torn down", 20, async || {
+        env.pod_runner(&["status", "orphan"])
+            .status
+            .code()
+            .filter(|c| *c == 3)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = env.pod("web-002").await.expect("pod");
+    assert_eq!(
+        container_id(&after),
+        Some(id.clone()),
+        "adopted, not restarted"
+    );
+    let rc = |p: &Pod| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .map(|c| c[0].restart_count)
+    };
+    assert_eq!(rc(&after), Some(0));
+    assert_eq!(
+        before
+            .status
+            .as_ref()
+            .map(|s| serde_json::to_value(&s.conditions).ok()),
+        after
+            .status
+            .as_ref()
+            .map(|s| serde_json::to_value(&s.conditions).ok()),
+        "the status flapped"
+    );
+
+    // Bad input gets the kubelet's statuses, and the daemon goes on.
+    env.create_pod_object(
+        pod(
+            "noimage",
+            json!({"containers": [{"name": "x", "image": "localhost/nothing:1", "imagePullPolicy": "IfNotPresent"}]}),
+        ),
+        Some("inajob"),
+    )
+    .await;
+    wait_for("noimage ErrImagePull", 20, async || {
+        env.pod("noimage").await.filter(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .and_then(|c| c[0].state.as_ref())
+                .and_then(|s| s.waiting.as_ref())
+                .and_then(|w| w.reason.as_deref())
+                == Some("ErrImagePull")
+        })
+    })
+    .await;
+    env.create_pod_object(
+        pod(
+            "hostnet",
+            json!({"hostNetwork": true, "containers": [{"name": "x", "image": "localhost/web:latest"}]}),
+        ),
+        Some("inajob"),
+    )
+    .await;
+    wait_for("hostnet Failed", 20, async || {
+        env.pod("hostnet").await.filter(|p| phase(p) == "Failed")
+    })
+    .await;
+
+    // kubectl delete: stopped within its grace period by the daemon,
+    // which makes the final delete.
+    let pods: kube::Api<Pod> = kube::Api::namespaced(env.admin().await, "default");
+    let t = Instant::now();
+    for n in ["web-002", "once", "noimage", "hostnet"] {
+        pods.delete(n, &Default::default()).await.expect("delete");
+    }
+    wait_for("pods deleted by the daemon", 30, async || {
+        let l = pods.list(&Default::default()).await.expect("list");
+        l.items.is_empty().then_some(())
+    })
+    .await;
+    assert!(
+        t.elapsed() < Duration::from_secs(25),
+        "took {:?}",
+        t.elapsed()
+    );
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    env.assert_clean();
+    let _ = id;
+}
