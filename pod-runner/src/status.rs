@@ -427,6 +427,50 @@ mod tests {
             137
         );
         assert_eq!(p["status"]["conditions"][2]["status"], "False");
-        assert_eq!(p["status"]["conditions"][2]["reason"], "ContainersNotReady");
+        // The kubelet's reason for a finished pod.
+        assert_eq!(p["status"]["conditions"][2]["reason"], "PodCompleted");
+    }
+
+    #[test]
+    fn phase_follows_the_restart_policy() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_100);
+        let exited = |code| State::Terminated {
+            exit_code: code,
+            reason: "Error".into(),
+            started: Some(now),
+            finished: now,
+        };
+        let phase_of = |state: State, last: bool, policy: &str| {
+            let mut o = obs(state);
+            o.restart_policy = policy.into();
+            if last {
+                o.containers[0].last_state = Some(exited(1));
+                o.containers[0].restart_count = 1;
+            }
+            let p = patch(&o, &Value::Null, now);
+            p["status"]["phase"].as_str().unwrap_or("").to_string()
+        };
+        let backoff = State::Waiting {
+            reason: "CrashLoopBackOff".into(),
+            message: String::new(),
+        };
+        let creating = State::Waiting {
+            reason: "ContainerCreating".into(),
+            message: String::new(),
+        };
+        // A crash loop is Running: it ran, and it restarts.
+        assert_eq!(phase_of(backoff, true, "Always"), "Running");
+        assert_eq!(phase_of(creating, false, "Always"), "Pending");
+        assert_eq!(phase_of(exited(0), false, "Never"), "Succeeded");
+        assert_eq!(phase_of(exited(1), false, "Never"), "Failed");
+        assert_eq!(phase_of(exited(0), false, "OnFailure"), "Succeeded");
+        // OnFailure restarts a failed container: not finished.
+        assert_eq!(phase_of(exited(1), false, "OnFailure"), "Running");
+        assert_eq!(phase_of(exited(1), false, "Always"), "Running");
+        // A Ready condition that goes True clears its old reason.
+        let p = patch(&obs(State::Running { started: now }), &Value::Null, now);
+        let ready = &p["status"]["conditions"][2];
+        assert_eq!(ready["status"], "True");
+        assert!(ready.get("reason").is_some_and(Value::is_null), "{ready}");
     }
 }
