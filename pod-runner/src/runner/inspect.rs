@@ -62,7 +62,7 @@ impl Runner {
                 state,
                 pid,
                 exit_code,
-                log: r.log_dir.join(&c.name).join("0.log"),
+                log: r.log_dir.join(&c.name).join(format!("{}.log", c.attempt)),
             });
         }
         let running = sandbox == "running" && containers.iter().all(|c| c.state == "running");
@@ -125,6 +125,10 @@ impl Runner {
                 container.unwrap_or("")
             ))
         })?;
-        Ok((r.log_dir.join(&c.name).join("0.log"), c.id.clone()))
+        // The current instance's log; earlier ones stay beside it.
+        Ok((
+            r.log_dir.join(&c.name).join(format!("{}.log", c.attempt)),
+            c.id.clone(),
+        ))
     }
 }
