@@ -231,9 +231,25 @@ impl Runner {
                     patch["status"]["reason"] = Value::Null;
                     patch["status"]["message"] = Value::Null;
                 }
-                self.api()?
-                    .patch_status(&plan.namespace, &plan.name, &patch)
-                    .await?;
+                let sent = match self.api() {
+                    Ok(api) => api
+                        .patch_status(&plan.namespace, &plan.name, &patch)
+                        .await
+                        .map_err(RunError::from),
+                    Err(e) => Err(e),
+                };
+                // A pod the API does not know runs is not left running.
+                if let Err(error) = sent {
+                    return Err(match self.teardown(&started.record, 0).await {
+                        Ok(_) => RunError::RolledBack {
+                            error: Box::new(error),
+                        },
+                        Err(rb) => RunError::RollbackFailed {
+                            error: Box::new(error),
+                            rollback: rb.to_string(),
+                        },
+                    });
+                }
                 started.record.reported = Some(true);
                 self.store.save(&started.record)?;
                 Ok(Created::Started {
