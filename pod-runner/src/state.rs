@@ -87,6 +87,11 @@ pub struct PodRecord {
     /// releases (`None`) were written only by creates that finished.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reported: Option<bool>,
+    /// How many sandboxes the pod had before this one (a dead sandbox is
+    /// made again with fresh IDs, so no late event of the old one can be
+    /// taken for the new).
+    #[serde(default)]
+    pub sandbox_attempt: u32,
 }
 
 /// A 64-hex ID, like the ones containerd's CRI plugin makes, derived from
@@ -283,6 +288,7 @@ mod tests {
             pod_ips: vec![],
             host_ip: None,
             reported: Some(false),
+            sandbox_attempt: 0,
         };
         let l = s.lock("default", "web").expect("lock");
         s.save(&r).expect("save");

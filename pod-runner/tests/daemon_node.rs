@@ -97,12 +97,12 @@ async fn the_daemon_runs_finishes_deletes_and_adopts() {
         })
     })
     .await;
-    let ip = running
+    let ip0 = running
         .status
         .as_ref()
         .and_then(|s| s.pod_ip.clone())
         .expect("podIP");
-    let answer = testbed::http::get(&env.node().ns, format!("{ip}:8080").parse().expect("addr"));
+    let answer = testbed::http::get(&env.node().ns, format!("{ip0}:8080").parse().expect("addr"));
     assert!(answer.ends_with("\nweb-002\n"), "{answer}");
     // The one-shot commands see the daemon's pods.
     let list = env.pod_runner(&["list"]);
@@ -198,18 +198,21 @@ async fn the_daemon_runs_finishes_deletes_and_adopts() {
         Some("inajob"),
     )
     .await;
-    wait_for("noimage ErrImagePull", 20, async || {
-        env.pod("noimage").await.filter(|p| {
-            p.status
-                .as_ref()
-                .and_then(|s| s.container_statuses.as_ref())
-                .and_then(|c| c[0].state.as_ref())
-                .and_then(|s| s.waiting.as_ref())
-                .and_then(|w| w.reason.as_deref())
-                == Some("ErrImagePull")
+    let pods: kube::Api<Pod> = kube::Api::namespaced(env.admin().await, "default");
+    for reason in ["ErrImagePull", "ImagePullBackOff"] {
+        wait_for(reason, 20, async || {
+            pods.get_opt("noimage").await.ok().flatten().filter(|p| {
+                p.status
+                    .as_ref()
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .and_then(|c| c[0].state.as_ref())
+                    .and_then(|s| s.waiting.as_ref())
+                    .and_then(|w| w.reason.as_deref())
+                    == Some(reason)
+            })
         })
-    })
-    .await;
+        .await;
+    }
     env.create_pod_object(
         pod(
             "hostnet",
@@ -223,9 +226,76 @@ async fn the_daemon_runs_finishes_deletes_and_adopts() {
     })
     .await;
 
+    // A dead sandbox is made again, as the kubelet does.
+    let sandbox = pod_runner::state::Store::new(&env.state_dir())
+        .load("default", "web-002")
+        .expect("record")
+        .expect("web-002 runs")
+        .sandbox_id;
+    env.ctrd
+        .ctr_ok(&["tasks", "kill", "-s", "SIGKILL", &sandbox]);
+    wait_for("web-002 running again in a new sandbox", 20, async || {
+        let p = env.pod("web-002").await?;
+        let fresh = container_id(&p).is_some_and(|c| c != id);
+        let ready = p
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+        (fresh && ready && phase(&p) == "Running").then_some(())
+    })
+    .await;
+    let ip = env
+        .pod("web-002")
+        .await
+        .and_then(|p| p.status?.pod_ip)
+        .expect("podIP");
+    let answer = testbed::http::get(&env.node().ns, format!("{ip}:8080").parse().expect("addr"));
+    assert!(answer.ends_with("\nweb-002\n"), "{answer}");
+
+    // SIGTERM leaves the pods running too.
+    daemon.signal(nix::sys::signal::Signal::SIGTERM);
+    let out = env.pod_runner(&["status", "web-002", "-o", "json"]);
+    assert!(
+        common::stdout(&out).contains("\"running\""),
+        "{}",
+        text(&out)
+    );
+    let mut daemon = Daemon::start(&env);
+
+    // What happened, as `kubectl describe pod` shows it.
+    let events: kube::Api<k8s_openapi::api::core::v1::Event> =
+        kube::Api::namespaced(env.admin().await, "default");
+    let reasons: Vec<(String, String)> = events
+        .list(&Default::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .map(|e| {
+            (
+                e.involved_object.name.unwrap_or_default(),
+                e.reason.unwrap_or_default(),
+            )
+        })
+        .collect();
+    for (pod, reason) in [
+        ("web-002", "Pulled"),
+        ("web-002", "Created"),
+        ("web-002", "Started"),
+        ("web-002", "SandboxChanged"),
+        ("noimage", "Failed"),
+        ("noimage", "BackOff"),
+        ("hostnet", "Unsupported"),
+    ] {
+        assert!(
+            reasons.iter().any(|(p, r)| p == pod && r == reason),
+            "no {reason} event for {pod}: {reasons:?}"
+        );
+    }
+
     // kubectl delete: stopped within its grace period by the daemon,
     // which makes the final delete.
-    let pods: kube::Api<Pod> = kube::Api::namespaced(env.admin().await, "default");
     let t = Instant::now();
     for n in ["web-002", "once", "noimage", "hostnet"] {
         pods.delete(n, &Default::default()).await.expect("delete");
@@ -240,7 +310,17 @@ async fn the_daemon_runs_finishes_deletes_and_adopts() {
         "took {:?}",
         t.elapsed()
     );
+    let killing = events
+        .list(&Default::default())
+        .await
+        .expect("events")
+        .items
+        .into_iter()
+        .any(|e| {
+            e.involved_object.name.as_deref() == Some("web-002")
+                && e.reason.as_deref() == Some("Killing")
+        });
+    assert!(killing, "no Killing event for web-002");
     daemon.signal(nix::sys::signal::Signal::SIGTERM);
     env.assert_clean();
-    let _ = id;
 }

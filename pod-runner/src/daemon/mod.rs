@@ -113,6 +113,7 @@ pub async fn run(
         .timeout(opts.watch_timeout);
     let mut stream = Box::pin(watcher::watcher(pods, cfg).default_backoff());
     let mut workers: HashMap<Key, Handle> = HashMap::new();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     // The pods of the list in progress: records of any other pod are of
     // pods deleted while the daemon was down.
     let mut listing: Option<Vec<Key>> = None;
@@ -129,16 +130,16 @@ pub async fn run(
                     if let Some(l) = listing.as_mut() {
                         l.push(key_of(&pod));
                     }
-                    dispatch(&mut workers, &shared, Msg::Pod(Box::new(pod)), key_of_pod);
+                    dispatch(&mut workers, &shared, &stop_rx, Msg::Pod(Box::new(pod)));
                 }
                 Some(Ok(WatchEvent::InitDone)) => {
                     let listed = listing.take().unwrap_or_default();
                     for key in gone_pods(&runner, &workers, &listed) {
-                        dispatch_key(&mut workers, &shared, key, Msg::Gone);
+                        dispatch_key(&mut workers, &shared, &stop_rx, key, Msg::Gone);
                     }
                 }
                 Some(Ok(WatchEvent::Apply(pod))) => {
-                    dispatch(&mut workers, &shared, Msg::Pod(Box::new(pod)), key_of_pod);
+                    dispatch(&mut workers, &shared, &stop_rx, Msg::Pod(Box::new(pod)));
                 }
                 Some(Ok(WatchEvent::Delete(pod))) => {
                     let key = key_of(&pod);
@@ -164,8 +165,12 @@ pub async fn run(
         }
     }
     tracing::info!("pod-runner run: stopping; the pods keep running");
-    for h in workers.values() {
-        h.task.abort();
+    // Workers finish the step they are in (a half-made pod would be
+    // made again at the next start, but a finished step is cheaper).
+    let _ = stop_tx.send(true);
+    let all = futures::future::join_all(workers.into_values().map(|h| h.task));
+    if tokio::time::timeout(STOP_WAIT, all).await.is_err() {
+        tracing::warn!("pod-runner run: steps still running after {STOP_WAIT:?}; stopping anyway");
     }
     Ok(())
 }
@@ -178,13 +183,6 @@ fn key_of(pod: &Pod) -> Key {
             .unwrap_or_else(|| "default".into()),
         pod.metadata.name.clone().unwrap_or_default(),
     )
-}
-
-fn key_of_pod(m: &Msg) -> Option<Key> {
-    match m {
-        Msg::Pod(p) => Some(key_of(p)),
-        _ => None,
-    }
 }
 
 /// Keys with a record on this node but no pod in the list just done.
@@ -203,14 +201,18 @@ fn gone_pods(runner: &Runner, workers: &HashMap<Key, Handle>, listed: &[Key]) ->
     keys
 }
 
+/// How long a stopping daemon lets its workers finish their step.
+const STOP_WAIT: Duration = Duration::from_secs(10);
+
 fn dispatch(
     workers: &mut HashMap<Key, Handle>,
     shared: &Arc<worker::Shared>,
+    stop: &tokio::sync::watch::Receiver<bool>,
     msg: Msg,
-    key: fn(&Msg) -> Option<Key>,
 ) {
-    if let Some(k) = key(&msg) {
-        dispatch_key(workers, shared, k, msg);
+    if let Msg::Pod(p) = &msg {
+        let k = key_of(p);
+        dispatch_key(workers, shared, stop, k, msg);
     }
 }
 
@@ -219,6 +221,7 @@ fn dispatch(
 fn dispatch_key(
     workers: &mut HashMap<Key, Handle>,
     shared: &Arc<worker::Shared>,
+    stop: &tokio::sync::watch::Receiver<bool>,
     key: Key,
     msg: Msg,
 ) {
@@ -230,7 +233,13 @@ fn dispatch_key(
     }
     let (tx, rx) = mpsc::unbounded_channel();
     let _ = tx.send(msg);
-    let task = tokio::spawn(worker::run(shared.clone(), key.clone(), tx.clone(), rx));
+    let task = tokio::spawn(worker::run(
+        shared.clone(),
+        key.clone(),
+        tx.clone(),
+        rx,
+        stop.clone(),
+    ));
     workers.insert(key, Handle { tx, task });
 }
 

@@ -25,6 +25,9 @@ use super::events::{Kind, Recorder};
 use super::probes::{self, CtrdExec, ProbeKind, Report};
 use super::{Key, Msg};
 
+/// How long ErrImagePull shows before ImagePullBackOff.
+const PULL_ERROR_SHOWS: Duration = Duration::from_secs(2);
+
 /// What every worker shares.
 pub(crate) struct Shared {
     pub runner: Arc<Runner>,
@@ -79,6 +82,17 @@ struct Worker {
     adopted: bool,
     start_time: Option<SystemTime>,
     last_status: Option<Value>,
+    /// The pause container exited: the sandbox is made again.
+    sandbox_dead: bool,
+    /// The record of the sandbox that died and how its containers ended,
+    /// for the next one's IDs and restart counts.
+    carry: Option<(PodRecord, Vec<Exit>)>,
+    /// The incarnation refused (unsupported spec): not looked at again.
+    refused: Option<String>,
+    /// When the tasks were last read from containerd.
+    checked: Instant,
+    /// When the last start failed (ErrImagePull shows for a while).
+    pulled_at: Instant,
 }
 
 /// How a sync ended.
@@ -94,6 +108,7 @@ pub(crate) async fn run(
     key: Key,
     tx: mpsc::UnboundedSender<Msg>,
     mut rx: mpsc::UnboundedReceiver<Msg>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut w = Worker {
         s,
@@ -111,6 +126,11 @@ pub(crate) async fn run(
         adopted: false,
         start_time: None,
         last_status: None,
+        sandbox_dead: false,
+        carry: None,
+        refused: None,
+        checked: Instant::now(),
+        pulled_at: Instant::now(),
     };
     let mut wake: Option<Instant> = None;
     loop {
@@ -128,6 +148,11 @@ pub(crate) async fn run(
                 None => return,
             },
             _ = tokio::time::sleep_until(deadline.into()) => {}
+            // The daemon stops: between steps, never in the middle of one.
+            _ = stop.changed() => {
+                w.stop_all_probes();
+                return;
+            }
         }
         match w.sync_locked().await {
             Next::At(t) => wake = t,
@@ -156,6 +181,7 @@ impl Worker {
                 let Some(i) = self.index_of(&id) else {
                     if self.record.as_ref().is_some_and(|r| r.sandbox_id == id) {
                         tracing::warn!("pod {}: its sandbox exited", self.label());
+                        self.sandbox_dead = true;
                     }
                     return;
                 };
@@ -421,7 +447,13 @@ impl Worker {
                     self.ctrs = p.containers.iter().map(|_| Ctr::default()).collect();
                     self.plan = Some(p);
                 }
-                Err(e) => return self.refuse(&pod, "Unsupported", &e.to_string()).await,
+                Err(_) if self.refused.as_deref() == Some(uid.as_str()) => {
+                    return Next::At(None);
+                }
+                Err(e) => {
+                    self.refused = Some(uid.clone());
+                    return self.refuse(&pod, "Unsupported", &e.to_string()).await;
+                }
             }
         }
         if self.finished {
@@ -443,10 +475,85 @@ impl Worker {
         {
             return next;
         }
+        if self.record.is_some() && self.checked.elapsed() >= self.s.resync {
+            self.check_tasks().await;
+        }
+        if self.sandbox_dead
+            && let Some(r) = self.record.clone()
+        {
+            // The kubelet's answer to a dead sandbox: kill the pod's
+            // containers and make it again.
+            self.s.recorder.emit(
+                &pod,
+                None,
+                Kind::Normal,
+                "SandboxChanged",
+                "Pod sandbox changed, it will be killed and re-created.",
+            );
+            let exits = match self.s.runner.teardown(&r, 0).await {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!("pod {}: removing the dead sandbox: {e}", self.label());
+                    return Next::At(Some(Instant::now() + Duration::from_secs(2)));
+                }
+            };
+            let now = SystemTime::now();
+            let ended: Vec<Exit> = r
+                .containers
+                .iter()
+                .enumerate()
+                .map(
+                    |(i, app)| match self.ctrs.get(i).and_then(|c| c.exited.clone()) {
+                        Some(e) => e,
+                        None => {
+                            let code = exits
+                                .iter()
+                                .find(|(n, _)| *n == app.name)
+                                .map_or(137, |(_, c)| *c);
+                            exit_of(&app.id, code, false, app.started_at, now)
+                        }
+                    },
+                )
+                .collect();
+            self.carry = Some((r, ended));
+            self.stop_all_probes();
+            self.record = None;
+            self.sandbox_dead = false;
+            for c in &mut self.ctrs {
+                *c = Ctr::default();
+            }
+        }
         if self.record.is_none() {
             if let Some(t) = self.retry_at
                 && Instant::now() < t
             {
+                // A failed pull shows as ErrImagePull for a moment, then
+                // as the kubelet's back-off reason until the next try.
+                let soon = self
+                    .retry_at
+                    .map(|t| t.min(self.pulled_at + PULL_ERROR_SHOWS));
+                if Instant::now() < self.pulled_at + PULL_ERROR_SHOWS {
+                    return Next::At(soon);
+                }
+                let mut backing_off = false;
+                for c in &mut self.ctrs {
+                    if let Some(w) = c.waiting.as_mut()
+                        && w.0 == "ErrImagePull"
+                    {
+                        w.0 = "ImagePullBackOff".into();
+                        backing_off = true;
+                    }
+                }
+                if backing_off {
+                    self.s.recorder.emit(
+                        &pod,
+                        None,
+                        Kind::Normal,
+                        "BackOff",
+                        "Back-off pulling image",
+                    );
+                    self.report(&pod).await;
+                }
                 return Next::At(Some(t));
             }
             if let Some(next) = self.start(&pod).await {
@@ -470,6 +577,8 @@ impl Worker {
         self.create_backoff = CrashBackoff::default();
         self.start_time = None;
         self.last_status = None;
+        self.sandbox_dead = false;
+        self.carry = None;
     }
 
     /// A pod pod-runner will not run: phase Failed with the reason, as the
@@ -497,7 +606,11 @@ impl Worker {
     async fn start(&mut self, pod: &Pod) -> Option<Next> {
         let plan = self.plan.clone()?;
         self.pod_reason = None;
-        match self.s.runner.start_pod(pod, &plan).await {
+        let record = match &self.carry {
+            Some((old, exits)) => self.s.runner.record_after(&plan, Some((old, exits))),
+            None => self.s.runner.record_after(&plan, None),
+        };
+        match self.s.runner.start_pod_as(pod, &plan, record).await {
             Ok(started) => {
                 self.start_time = Some(
                     pod.status
@@ -511,6 +624,28 @@ impl Worker {
                         c.image = o.image.clone();
                         c.image_id = o.image_id.clone();
                         c.waiting = None;
+                    }
+                    let image = plan
+                        .containers
+                        .get(i)
+                        .map(|c| c.image.as_str())
+                        .unwrap_or("");
+                    if started.pulled.get(i) == Some(&true) {
+                        self.s.recorder.emit(
+                            pod,
+                            Some(&o.name),
+                            Kind::Normal,
+                            "Pulled",
+                            &format!("Successfully pulled image {image:?}"),
+                        );
+                    } else {
+                        self.s.recorder.emit(
+                            pod,
+                            Some(&o.name),
+                            Kind::Normal,
+                            "Pulled",
+                            &format!("Container image {image:?} already present on machine"),
+                        );
                     }
                     self.s.recorder.emit(
                         pod,
@@ -528,7 +663,9 @@ impl Worker {
                     );
                 }
                 self.record = Some(started.record);
+                self.carry = None;
                 self.adopted = true;
+                self.checked = Instant::now();
                 for i in 0..self.ctrs.len() {
                     self.start_probes(i);
                     self.post_start(i);
@@ -564,7 +701,17 @@ impl Worker {
                     }
                 }
                 self.report(pod).await;
-                Some(Next::At(self.retry_at))
+                self.pulled_at = Instant::now();
+                let soon = Instant::now() + PULL_ERROR_SHOWS;
+                let image_wait = self
+                    .ctrs
+                    .iter()
+                    .any(|c| c.waiting.as_ref().is_some_and(|w| w.0 == "ErrImagePull"));
+                Some(Next::At(if image_wait {
+                    self.retry_at.map(|t| t.min(soon))
+                } else {
+                    self.retry_at
+                }))
             }
         }
     }
@@ -606,7 +753,13 @@ impl Worker {
             ctrd.task(&r.sandbox_id).await,
             Ok(Some((TaskState::Running, _)))
         );
-        if !sandbox_ok || r.containers.len() != self.ctrs.len() {
+        let mut never_started = false;
+        for app in &r.containers {
+            if app.started_at.is_none() && matches!(ctrd.task(&app.id).await, Ok(None)) {
+                never_started = true;
+            }
+        }
+        if !sandbox_ok || never_started || r.containers.len() != self.ctrs.len() {
             // No sandbox to adopt (a create cut short, a dead pause): the
             // pod is made again from scratch.
             if let Err(e) = self.s.runner.teardown(&r, 0).await {
@@ -669,6 +822,7 @@ impl Worker {
             }
         }
         self.adopted = true;
+        self.checked = Instant::now();
         for i in 0..self.ctrs.len() {
             if self.ctrs[i].exited.is_none() {
                 self.ctrs[i].stop_probes();
@@ -690,6 +844,51 @@ impl Worker {
             }
         }
         None
+    }
+
+    /// Reads the tasks from containerd: the safety net for an exit event
+    /// lost while the event stream reconnected.
+    async fn check_tasks(&mut self) {
+        self.checked = Instant::now();
+        let Some(r) = self.record.clone() else {
+            return;
+        };
+        let ctrd = &self.s.runner.ctrd;
+        if let Ok(t) = ctrd.task(&r.sandbox_id).await
+            && !matches!(t, Some((TaskState::Running, _)))
+        {
+            self.sandbox_dead = true;
+        }
+        for (i, app) in r.containers.iter().enumerate() {
+            if self.ctrs.get(i).is_none_or(|c| c.exited.is_some()) {
+                continue;
+            }
+            let (code, at) = match ctrd.task_info(&app.id).await {
+                Ok(Some(t)) if t.state == TaskState::Running => continue,
+                Ok(Some(t)) => (
+                    match t.state {
+                        TaskState::Stopped { exit } => exit,
+                        _ => continue,
+                    },
+                    t.exited_at,
+                ),
+                Ok(None) => (137, None),
+                Err(e) => {
+                    tracing::warn!("pod {}: {e}", self.label());
+                    return;
+                }
+            };
+            tracing::info!("pod {}: {} ended without an event", self.label(), app.name);
+            let oom = self.ctrs[i].oom;
+            self.ctrs[i].stop_probes();
+            self.ctrs[i].exited = Some(exit_of(
+                &app.id,
+                code,
+                oom,
+                app.started_at,
+                at.unwrap_or_else(SystemTime::now),
+            ));
+        }
     }
 
     fn policy(&self) -> String {

@@ -13,7 +13,7 @@ use crate::cni::Attachment;
 use crate::logs;
 use crate::pod::{self, Fields, PodPlan};
 use crate::spec::{self, ContainerSpec};
-use crate::state::{AppContainer, PodRecord, container_id, derive_id, netns_name};
+use crate::state::{AppContainer, Exit, PodRecord, container_id, derive_id, netns_name};
 use crate::status::{self, ContainerObs, PodObs, State};
 use containerd_api::{ImageInfo, NewContainer, TaskState};
 use netkit::pinned as netns;
@@ -26,6 +26,8 @@ pub struct Started {
     pub record: PodRecord,
     pub containers: Vec<ContainerObs>,
     pub start_time: SystemTime,
+    /// Per container: whether its image was pulled (else it was present).
+    pub pulled: Vec<bool>,
 }
 
 /// The pod's restartPolicy (the API's default, Always, when unset).
@@ -104,7 +106,19 @@ pub fn image_id(info: &ImageInfo) -> String {
 
 impl Runner {
     pub(crate) fn record_for(&self, plan: &PodPlan) -> PodRecord {
-        let sandbox_id = derive_id(&["sandbox", &plan.uid]);
+        self.record_after(plan, None)
+    }
+
+    /// The record of a pod's next sandbox after `old` (its sandbox died):
+    /// every ID is new, and each container counts on from its instance
+    /// there, that instance's end (`exits`, by name) its `lastState`.
+    pub fn record_after(&self, plan: &PodPlan, old: Option<(&PodRecord, &[Exit])>) -> PodRecord {
+        let sandbox_attempt = old.map_or(0, |(r, _)| r.sandbox_attempt + 1);
+        let sandbox_id = if sandbox_attempt == 0 {
+            derive_id(&["sandbox", &plan.uid])
+        } else {
+            derive_id(&["sandbox", &plan.uid, &sandbox_attempt.to_string()])
+        };
         PodRecord {
             namespace: plan.namespace.clone(),
             name: plan.name.clone(),
@@ -116,19 +130,30 @@ impl Runner {
             containers: plan
                 .containers
                 .iter()
-                .map(|c| AppContainer {
-                    name: c.name.clone(),
-                    id: container_id(&plan.uid, &c.name, 0),
-                    image: c.image.clone(),
-                    attempt: 0,
-                    started_at: None,
-                    last_exit: None,
+                .map(|c| {
+                    let before =
+                        old.and_then(|(r, _)| r.containers.iter().find(|o| o.name == c.name));
+                    let attempt = before.map_or(0, |b| b.attempt + 1);
+                    AppContainer {
+                        name: c.name.clone(),
+                        id: container_id(&plan.uid, &c.name, attempt),
+                        image: c.image.clone(),
+                        attempt,
+                        started_at: None,
+                        last_exit: old.and_then(|(_, exits)| {
+                            exits
+                                .iter()
+                                .find(|e| before.is_some_and(|b| b.id == e.id))
+                                .cloned()
+                        }),
+                    }
                 })
                 .collect(),
             grace_seconds: plan.grace_seconds,
             pod_ips: Vec::new(),
             host_ip: None,
             reported: Some(false),
+            sandbox_attempt,
         }
     }
 
@@ -269,14 +294,25 @@ impl Runner {
     /// before anything exists (a crash leaves a record naming every
     /// piece); on failure everything made is removed again.
     pub async fn start_pod(&self, pod: &Pod, plan: &PodPlan) -> Result<Started, RunError> {
-        let mut record = self.record_for(plan);
+        self.start_pod_as(pod, plan, self.record_for(plan)).await
+    }
+
+    /// [`Runner::start_pod`] with the record to make (see
+    /// [`Runner::record_after`]).
+    pub async fn start_pod_as(
+        &self,
+        pod: &Pod,
+        plan: &PodPlan,
+        mut record: PodRecord,
+    ) -> Result<Started, RunError> {
         self.store.save(&record)?;
         let start_time = SystemTime::now();
         match self.bring_up(pod, plan, &mut record).await {
-            Ok(containers) => Ok(Started {
+            Ok((containers, pulled)) => Ok(Started {
                 record,
                 containers,
                 start_time,
+                pulled,
             }),
             Err(error) => Err(match self.teardown(&record, 0).await {
                 Ok(_) => RunError::RolledBack {
@@ -315,12 +351,15 @@ impl Runner {
         pod: &Pod,
         plan: &PodPlan,
         record: &mut PodRecord,
-    ) -> Result<Vec<ContainerObs>, RunError> {
+    ) -> Result<(Vec<ContainerObs>, Vec<bool>), RunError> {
         // Images first: a missing one fails before anything is made.
         let pause = self.ensure_image(&self.pause_image, "IfNotPresent").await?;
         let mut images = Vec::new();
+        let mut pulled = Vec::new();
         for c in &plan.containers {
-            images.push(self.ensure_image(&c.image, &c.pull_policy).await?);
+            let (info, p) = self.ensure_image_noting(&c.image, &c.pull_policy).await?;
+            images.push(info);
+            pulled.push(p);
         }
         let host_ip = self.host_ip().await;
 
@@ -361,7 +400,7 @@ impl Runner {
             observed.push(obs);
         }
         self.store.save(record)?;
-        Ok(observed)
+        Ok((observed, pulled))
     }
 
     /// Creates and starts the instance `record.containers[i]` names (its

@@ -12,6 +12,16 @@ impl Runner {
         image: &str,
         policy: &str,
     ) -> Result<ImageInfo, RunError> {
+        Ok(self.ensure_image_noting(image, policy).await?.0)
+    }
+
+    /// [`Runner::ensure_image`], and whether it was pulled (for the
+    /// kubelet's Pulling/Pulled events).
+    pub(crate) async fn ensure_image_noting(
+        &self,
+        image: &str,
+        policy: &str,
+    ) -> Result<(ImageInfo, bool), RunError> {
         // The name as written first: an exact hit needs no parsing (the
         // reference grammar is a regex that costs ~20 ms to build).
         let exact = self.ctrd.image_target(image).await?.is_some();
@@ -27,9 +37,10 @@ impl Runner {
             "Always" => true,
             _ => !present,
         };
+        let mut pulled = false;
         if pull {
             match self.ctrd.pull(image).await {
-                Ok(_) => {}
+                Ok(_) => pulled = true,
                 // The kubelet would fail here; a node without a registry
                 // (the tutorial's) still runs what it was given.
                 Err(e) if present => warn(&format!(
@@ -45,7 +56,8 @@ impl Runner {
                 }
             }
         }
-        self.ctrd
+        let info = self
+            .ctrd
             .ensure_unpacked(image)
             .await?
             .ok_or_else(|| RunError::Image {
@@ -53,6 +65,7 @@ impl Runner {
                 msg: format!(
                     "not on this node (imagePullPolicy {policy}); import it with pod-runner image import"
                 ),
-            })
+            })?;
+        Ok((info, pulled))
     }
 }
