@@ -11,6 +11,7 @@
 //! next start adopts them from their records.
 
 mod events;
+mod plan;
 mod probes;
 mod worker;
 

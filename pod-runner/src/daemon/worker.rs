@@ -22,6 +22,7 @@ use crate::status::{self, ContainerObs, PodObs, State};
 use containerd_api::TaskState;
 
 use super::events::{Kind, Recorder};
+use super::plan;
 use super::probes::{self, CtrdExec, ProbeKind, Report};
 use super::{Key, Msg};
 
@@ -905,8 +906,7 @@ impl Worker {
             let Some(exit) = self.ctrs[i].exited.clone() else {
                 continue;
             };
-            let again = policy == "Always" || (policy == "OnFailure" && exit.code != 0);
-            if !again {
+            if !plan::restarts(&policy, exit.code) {
                 continue;
             }
             let name = self
@@ -915,14 +915,10 @@ impl Worker {
                 .and_then(|r| r.containers.get(i))
                 .map(|c| c.name.clone())
                 .unwrap_or_default();
-            let at = match self.ctrs[i].restart_at {
-                Some(t) => t,
-                None => {
-                    let wait = self.ctrs[i].backoff.next(now);
-                    let t = now + wait;
-                    self.ctrs[i].restart_at = Some(t);
-                    t
-                }
+            let c = &mut self.ctrs[i];
+            let at = match plan::step(&mut c.restart_at, &mut c.backoff, now) {
+                plan::Step::Wait(at) => at,
+                plan::Step::Restart => now,
             };
             if now < at {
                 let msg = format!(
@@ -1000,14 +996,12 @@ impl Worker {
     /// pod's; the status keeps how each container ended.
     async fn finish_if_done(&mut self) {
         let policy = self.policy();
-        if policy == "Always" || self.ctrs.is_empty() {
-            return;
-        }
-        let done = self.ctrs.iter().all(|c| {
-            c.exited
-                .as_ref()
-                .is_some_and(|e| policy == "Never" || e.code == 0)
-        });
+        let ended: Vec<Option<i32>> = self
+            .ctrs
+            .iter()
+            .map(|c| c.exited.as_ref().map(|e| e.code))
+            .collect();
+        let done = plan::finished(&policy, &ended);
         let Some(r) = self.record.clone() else {
             return;
         };
@@ -1064,7 +1058,12 @@ impl Worker {
                     ready: running && c.ready == Some(true) && c.started != Some(false),
                     started: running && c.started == Some(true),
                     restart_count: app.map(|a| a.attempt).unwrap_or(0),
-                    last_state: app.and_then(|a| a.last_exit.as_ref()).map(terminated),
+                    // Waiting to restart, the run that just ended is the
+                    // last state (the kubelet's), not the one before it.
+                    last_state: match (&state, &c.exited) {
+                        (State::Waiting { .. }, Some(e)) => Some(terminated(e)),
+                        _ => app.and_then(|a| a.last_exit.as_ref()).map(terminated),
+                    },
                     state,
                 }
             })
