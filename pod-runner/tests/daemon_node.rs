@@ -215,6 +215,36 @@ async fn the_daemon_runs_finishes_deletes_and_adopts() {
     }
     env.create_pod_object(
         pod(
+            "badvolume",
+            json!({"containers": [{"name": "x", "image": "localhost/web:latest",
+                    "volumeMounts": [{"name": "h", "mountPath": "/h"}]}],
+                   "volumes": [{"name": "h", "hostPath": {"path": "/nonexistent/pod-runner-test", "type": "Directory"}}]}),
+        ),
+        Some("inajob"),
+    )
+    .await;
+    wait_for("badvolume CreateContainerConfigError", 20, async || {
+        pods.get_opt("badvolume").await.ok().flatten().filter(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .and_then(|c| c[0].state.as_ref())
+                .and_then(|s| s.waiting.as_ref())
+                .and_then(|w| w.reason.as_deref())
+                == Some("CreateContainerConfigError")
+        })
+    })
+    .await;
+    assert_eq!(
+        pods.get("badvolume")
+            .await
+            .map(|p| phase(&p))
+            .ok()
+            .as_deref(),
+        Some("Pending")
+    );
+    env.create_pod_object(
+        pod(
             "hostnet",
             json!({"hostNetwork": true, "containers": [{"name": "x", "image": "localhost/web:latest"}]}),
         ),
@@ -225,6 +255,110 @@ async fn the_daemon_runs_finishes_deletes_and_adopts() {
         env.pod("hostnet").await.filter(|p| phase(p) == "Failed")
     })
     .await;
+
+    // Probes of each kind and hooks. An exec liveness probe that fails
+    // restarts its container; a tcpSocket readiness probe passes; a
+    // postStart hook that fails kills its container; a preStop httpGet
+    // reaches the app before it is stopped.
+    env.create_pod_object(
+        pod(
+            "probes",
+            json!({"containers": [{"name": "web", "image": "localhost/web:latest",
+                "ports": [{"containerPort": 8080, "name": "http"}],
+                "livenessProbe": {"exec": {"command": ["/web", "exit", "1"]},
+                                  "initialDelaySeconds": 1, "periodSeconds": 1, "failureThreshold": 2},
+                "readinessProbe": {"tcpSocket": {"port": "http"}, "periodSeconds": 1},
+                "lifecycle": {"preStop": {"httpGet": {"path": "/prestop", "port": 8080}}}}]}),
+        ),
+        Some("inajob"),
+    )
+    .await;
+    env.create_pod_object(
+        pod(
+            "hook",
+            json!({"containers": [{"name": "web", "image": "localhost/web:latest",
+                "lifecycle": {"postStart": {"exec": {"command": ["/web", "exit", "3"]}}}}]}),
+        ),
+        Some("inajob"),
+    )
+    .await;
+    let restarts = |p: &Pod| {
+        p.status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .map_or(0, |c| c[0].restart_count)
+    };
+    for name in ["probes", "hook"] {
+        wait_for(&format!("{name} restarted"), 30, async || {
+            pods.get_opt(name)
+                .await
+                .ok()
+                .flatten()
+                .filter(|p| restarts(p) >= 1)
+        })
+        .await;
+    }
+    let events_api: kube::Api<k8s_openapi::api::core::v1::Event> =
+        kube::Api::namespaced(env.admin().await, "default");
+    let messages = async |pod: &str, reason: &str| -> Vec<String> {
+        events_api
+            .list(&Default::default())
+            .await
+            .expect("events")
+            .items
+            .into_iter()
+            .filter(|e| {
+                e.involved_object.name.as_deref() == Some(pod)
+                    && e.reason.as_deref() == Some(reason)
+            })
+            .filter_map(|e| e.message)
+            .collect()
+    };
+    let unhealthy = messages("probes", "Unhealthy").await;
+    assert!(
+        unhealthy
+            .iter()
+            .any(|m| m.starts_with("Liveness probe failed") && m.contains("exited with 1")),
+        "{unhealthy:?}"
+    );
+    assert!(!messages("hook", "FailedPostStartHook").await.is_empty());
+    // The tcpSocket readiness probe passes on the restarted instance.
+    wait_for("probes Ready", 20, async || {
+        pods.get_opt("probes").await.ok().flatten().filter(|p| {
+            p.status
+                .as_ref()
+                .and_then(|s| s.container_statuses.as_ref())
+                .is_some_and(|c| c[0].ready)
+        })
+    })
+    .await;
+    let probes = pods.get("probes").await.expect("probes");
+    let log_dir = env.log_dir().join(format!(
+        "default_probes_{}",
+        probes.metadata.uid.clone().unwrap_or_default()
+    ));
+    pods.delete("probes", &Default::default())
+        .await
+        .expect("delete");
+    wait_for("probes deleted by the daemon", 30, async || {
+        pods.get_opt("probes")
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    // Its last instance's log shows the preStop request.
+    let logs: String = std::fs::read_dir(log_dir.join("web"))
+        .expect("log dir")
+        .flatten()
+        .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
+        .collect();
+    assert!(logs.contains("for /prestop"), "{logs}");
+    pods.delete("hook", &Default::default())
+        .await
+        .expect("delete");
 
     // A dead sandbox is made again, as the kubelet does.
     let sandbox = pod_runner::state::Store::new(&env.state_dir())
@@ -297,7 +431,7 @@ async fn the_daemon_runs_finishes_deletes_and_adopts() {
     // kubectl delete: stopped within its grace period by the daemon,
     // which makes the final delete.
     let t = Instant::now();
-    for n in ["web-002", "once", "noimage", "hostnet"] {
+    for n in ["web-002", "once", "noimage", "hostnet", "badvolume"] {
         pods.delete(n, &Default::default()).await.expect("delete");
     }
     wait_for("pods deleted by the daemon", 30, async || {
