@@ -360,6 +360,62 @@ async fn the_daemon_runs_finishes_deletes_and_adopts() {
         .await
         .expect("delete");
 
+    // A new pod with an old pod's name is another pod: removed from the
+    // API at once (grace 0) and made again, the old one goes from the
+    // node and the new one runs.
+    let first = env
+        .create_pod_object(
+            pod(
+                "again",
+                json!({"containers": [{"name": "web", "image": "localhost/web:latest"}]}),
+            ),
+            Some("inajob"),
+        )
+        .await;
+    wait_for("again Running", 20, async || {
+        pods.get_opt("again")
+            .await
+            .ok()
+            .flatten()
+            .filter(|p| phase(p) == "Running")
+    })
+    .await;
+    env.remove_pod("again").await;
+    let second = env
+        .create_pod_object(
+            pod(
+                "again",
+                json!({"containers": [{"name": "web", "image": "localhost/web:latest"}]}),
+            ),
+            Some("inajob"),
+        )
+        .await;
+    assert_ne!(first.metadata.uid, second.metadata.uid);
+    let new_uid = second.metadata.uid.clone().unwrap_or_default();
+    wait_for("the second again Running", 30, async || {
+        pods.get_opt("again").await.ok().flatten().filter(|p| {
+            phase(p) == "Running" && p.metadata.uid.as_deref() == Some(new_uid.as_str())
+        })
+    })
+    .await;
+    let record = pod_runner::state::Store::new(&env.state_dir())
+        .load("default", "again")
+        .expect("record")
+        .expect("again runs");
+    assert_eq!(record.uid, new_uid);
+    let old_uid = first.metadata.uid.clone().unwrap_or_default();
+    assert!(
+        !Env::netns_of(&old_uid).exists(),
+        "the old pod's netns is left"
+    );
+    let listed = env.ctrd.ctr_ok(&["containers", "ls"]);
+    let old_sandbox = pod_runner::state::derive_id(&["sandbox", &old_uid]);
+    assert!(
+        !listed.contains(&old_sandbox),
+        "the old pod's sandbox is left:\n{listed}"
+    );
+    env.remove_pod("again").await;
+
     // A dead sandbox is made again, as the kubelet does.
     let sandbox = pod_runner::state::Store::new(&env.state_dir())
         .load("default", "web-002")

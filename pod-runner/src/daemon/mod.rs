@@ -98,11 +98,13 @@ pub async fn run(
     let mut term = signal(SignalKind::terminate()).map_err(DaemonError::Signal)?;
     let mut int = signal(SignalKind::interrupt()).map_err(DaemonError::Signal)?;
     let recorder = Recorder::new(api.client(), &runner.node);
+    let (requeue, mut requeued) = mpsc::unbounded_channel();
     let shared = Arc::new(worker::Shared {
         runner: runner.clone(),
         api,
         recorder,
         resync: opts.resync,
+        requeue,
     });
 
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();
@@ -159,6 +161,9 @@ pub async fn run(
                 for h in workers.values() {
                     let _ = h.tx.send(ev.clone());
                 }
+            }
+            Some((key, msg)) = requeued.recv() => {
+                dispatch_key(&mut workers, &shared, &stop_rx, key, msg);
             }
             _ = reap.tick() => workers.retain(|_, h| !h.task.is_finished()),
             _ = term.recv() => break,

@@ -35,6 +35,8 @@ pub(crate) struct Shared {
     pub api: KubeApi,
     pub recorder: Recorder,
     pub resync: Duration,
+    /// Messages a finished worker received too late, for a new worker.
+    pub requeue: mpsc::UnboundedSender<(Key, Msg)>,
 }
 
 /// One container as the worker follows it.
@@ -159,6 +161,15 @@ pub(crate) async fn run(
             Next::At(t) => wake = t,
             Next::Done => {
                 w.stop_all_probes();
+                // A pod of this name may have come meanwhile (a new
+                // incarnation): closed, the dispatcher's next send fails
+                // and starts a new worker, and what is queued goes back.
+                rx.close();
+                while let Ok(m) = rx.try_recv() {
+                    if matches!(m, Msg::Pod(_)) {
+                        let _ = w.s.requeue.send((w.key.clone(), m));
+                    }
+                }
                 return;
             }
         }
