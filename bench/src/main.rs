@@ -13,6 +13,7 @@ mod cri;
 mod host_local;
 mod node_sync;
 mod plugin;
+mod pod_daemon;
 mod pod_startup;
 mod services;
 mod stats;
@@ -49,6 +50,10 @@ enum Bench {
     /// and delete, against a shell baseline with ctr and the reference
     /// plugins, on one emulated node.
     PodStartup(pod_startup::Options),
+    /// pod-runner run, the daemon: bound to Running+Ready latency, pods
+    /// bound at once, deletion and its RSS, against `pod-runner create`
+    /// launched per pod, on one emulated node.
+    PodDaemon(pod_daemon::Options),
     /// node-sync: routes from a cold start with 1,000 other Nodes in the
     /// API, single Node changes to the kernel, peak RSS, on one emulated
     /// node.
@@ -117,6 +122,7 @@ fn main() -> ExitCode {
         Bench::Bridge(opts) => bridge::run(opts),
         Bench::Cri(opts) => cri::run(opts),
         Bench::PodStartup(opts) => pod_startup::run(opts),
+        Bench::PodDaemon(opts) => pod_daemon::run(opts),
         Bench::NodeSync(opts) => node_sync::run(opts),
         Bench::Services(opts) => services::run(opts),
     });
