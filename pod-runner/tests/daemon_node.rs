@@ -416,6 +416,41 @@ async fn the_daemon_runs_finishes_deletes_and_adopts() {
     );
     env.remove_pod("again").await;
 
+    // A container over its memory limit is OOM-killed: reason OOMKilled.
+    env.create_pod_object(
+        pod(
+            "hog",
+            json!({"restartPolicy": "Never", "containers": [{"name": "hog", "image": "localhost/web:latest",
+                "command": ["/web", "eat"], "resources": {"limits": {"memory": "32Mi"}}}]}),
+        ),
+        Some("inajob"),
+    )
+    .await;
+    let hog = wait_for("hog Failed", 30, async || {
+        pods.get_opt("hog")
+            .await
+            .ok()
+            .flatten()
+            .filter(|p| phase(p) == "Failed")
+    })
+    .await;
+    let cs = &hog
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.clone())
+        .expect("cs")[0];
+    let t = cs
+        .state
+        .as_ref()
+        .and_then(|s| s.terminated.as_ref())
+        .expect("terminated");
+    assert_eq!(
+        (t.exit_code, t.reason.as_deref()),
+        (137, Some("OOMKilled")),
+        "{t:?}"
+    );
+    env.remove_pod("hog").await;
+
     // A dead sandbox is made again, as the kubelet does.
     let sandbox = pod_runner::state::Store::new(&env.state_dir())
         .load("default", "web-002")

@@ -8,7 +8,8 @@
 //!
 //! The flags live in the process: a restarted container starts healthy.
 //! `web exit <N>` prints a line and exits with status N at once (crash
-//! loops, pods that complete).
+//! loops, pods that complete). `web eat` takes memory until the kernel's
+//! OOM killer stops it (a container over its memory limit).
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -79,6 +80,15 @@ fn main() -> std::io::Result<()> {
         let code: i32 = args.get(2).and_then(|c| c.parse().ok()).unwrap_or(0);
         println!("web: exiting with {code} as {}", hostname());
         std::process::exit(code);
+    }
+    if args.get(1).map(String::as_str) == Some("eat") {
+        println!("web: eating memory");
+        let mut heap: Vec<Vec<u8>> = Vec::new();
+        loop {
+            // Written, so the pages are really taken.
+            heap.push(vec![1u8; 1 << 20]);
+            std::hint::black_box(&heap);
+        }
     }
     exit_on_sigterm();
     let port = std::env::var("PORT").unwrap_or_else(|_| "8080".into());
