@@ -96,6 +96,8 @@ struct Worker {
     checked: Instant,
     /// When the last start failed (ErrImagePull shows for a while).
     pulled_at: Instant,
+    /// Finished here, and the API has not taken the final status yet.
+    final_unsent: bool,
 }
 
 /// How a sync ended.
@@ -134,6 +136,7 @@ pub(crate) async fn run(
         refused: None,
         checked: Instant::now(),
         pulled_at: Instant::now(),
+        final_unsent: false,
     };
     let mut wake: Option<Instant> = None;
     loop {
@@ -469,6 +472,11 @@ impl Worker {
             }
         }
         if self.finished {
+            // Our last word on a pod we ran to its end, until the API
+            // took it (a failed write is tried again at the resync).
+            if self.final_unsent {
+                self.report(&pod).await;
+            }
             return Next::At(None);
         }
         let api_phase = pod
@@ -591,6 +599,7 @@ impl Worker {
         self.last_status = None;
         self.sandbox_dead = false;
         self.carry = None;
+        self.final_unsent = false;
     }
 
     /// A pod pod-runner will not run: phase Failed with the reason, as the
@@ -1022,6 +1031,7 @@ impl Worker {
         match self.s.runner.teardown(&r, 0).await {
             Ok(_) => {
                 self.finished = true;
+                self.final_unsent = true;
                 self.record = None;
             }
             Err(e) => tracing::warn!("pod {}: removing the finished pod: {e}", self.label()),
@@ -1113,6 +1123,9 @@ impl Worker {
         }
         if self.last_status.as_ref() == Some(&patch) || already_so(&patch, &old) {
             self.last_status = Some(patch);
+            if self.finished {
+                self.final_unsent = false;
+            }
             return;
         }
         match self
@@ -1123,6 +1136,9 @@ impl Worker {
         {
             Ok(()) => {
                 self.last_status = Some(patch);
+                if self.finished {
+                    self.final_unsent = false;
+                }
                 if let Some(r) = self.record.as_mut()
                     && r.reported != Some(true)
                 {
