@@ -276,6 +276,39 @@ pub fn patch(obs: &PodObs, old: &Value, now: SystemTime) -> Value {
     json!({ "status": status })
 }
 
+/// The pod's current status as JSON, what a patch is made against.
+pub fn current(pod: &k8s_openapi::api::core::v1::Pod) -> Value {
+    pod.status
+        .as_ref()
+        .and_then(|s| serde_json::to_value(s).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// [`patch`] over `pod`'s status, with the pod's own `reason` and message
+/// (FailedCreatePodSandBox, say); without one, a reason the pod holds
+/// from an earlier failure is cleared.
+pub fn patch_pod(
+    obs: &PodObs,
+    pod: &k8s_openapi::api::core::v1::Pod,
+    reason: Option<(&str, &str)>,
+    now: SystemTime,
+) -> Value {
+    let old = current(pod);
+    let mut p = patch(obs, &old, now);
+    match reason {
+        Some((r, m)) => {
+            p["status"]["reason"] = json!(r);
+            p["status"]["message"] = json!(m);
+        }
+        None if old.get("reason").is_some() || old.get("message").is_some() => {
+            p["status"]["reason"] = Value::Null;
+            p["status"]["message"] = Value::Null;
+        }
+        None => {}
+    }
+    p
+}
+
 /// The kubelet's QoS class from the containers' requests and limits.
 pub fn qos_class(pod: &k8s_openapi::api::core::v1::Pod) -> &'static str {
     let containers = pod

@@ -1104,23 +1104,12 @@ impl Worker {
     /// Writes the status when it differs from the last one written.
     async fn report(&mut self, pod: &Pod) {
         let obs = self.observe(pod);
-        let old = pod
-            .status
+        let old = status::current(pod);
+        let reason = self
+            .pod_reason
             .as_ref()
-            .and_then(|s| serde_json::to_value(s).ok())
-            .unwrap_or(Value::Null);
-        let mut patch = status::patch(&obs, &old, SystemTime::now());
-        match &self.pod_reason {
-            Some((reason, message)) => {
-                patch["status"]["reason"] = reason.clone().into();
-                patch["status"]["message"] = message.clone().into();
-            }
-            None if old.get("reason").is_some() || old.get("message").is_some() => {
-                patch["status"]["reason"] = Value::Null;
-                patch["status"]["message"] = Value::Null;
-            }
-            None => {}
-        }
+            .map(|(r, m)| (r.as_str(), m.as_str()));
+        let patch = status::patch_pod(&obs, pod, reason, SystemTime::now());
         if self.last_status.as_ref() == Some(&patch) || already_so(&patch, &old) {
             self.last_status = Some(patch);
             if self.finished {

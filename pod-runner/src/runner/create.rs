@@ -7,7 +7,6 @@ use std::time::SystemTime;
 
 use k8s_openapi::api::core::v1::Pod;
 use oci_spec::runtime::LinuxNamespaceType as Ns;
-use serde_json::Value;
 
 use crate::cni::Attachment;
 use crate::logs;
@@ -245,17 +244,7 @@ impl Runner {
                     qos: status::qos_class(&pod),
                     restart_policy: restart_policy(&pod),
                 };
-                let old = pod
-                    .status
-                    .as_ref()
-                    .and_then(|s| serde_json::to_value(s).ok())
-                    .unwrap_or(Value::Null);
-                let mut patch = status::patch(&obs, &old, SystemTime::now());
-                // A failed earlier create's reason no longer holds.
-                if old.get("reason").is_some() || old.get("message").is_some() {
-                    patch["status"]["reason"] = Value::Null;
-                    patch["status"]["message"] = Value::Null;
-                }
+                let patch = status::patch_pod(&obs, &pod, None, SystemTime::now());
                 let sent = match self.api() {
                     Ok(api) => api
                         .patch_status(&plan.namespace, &plan.name, &patch)
@@ -626,7 +615,7 @@ mod tests {
         let info = ImageInfo {
             name: "localhost:5000/web:latest".into(),
             digest: "sha256:ab".into(),
-            config: Value::Null,
+            config: serde_json::Value::Null,
             chain_id: String::new(),
         };
         assert_eq!(image_id(&info), "localhost:5000/web@sha256:ab");

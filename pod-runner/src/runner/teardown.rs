@@ -256,8 +256,5 @@ fn terminated_patch(
         qos: status::qos_class(pod),
         restart_policy: super::restart_policy(pod),
     };
-    let old = old_status
-        .and_then(|s| serde_json::to_value(s).ok())
-        .unwrap_or(Value::Null);
-    status::patch(&obs, &old, now)
+    status::patch(&obs, &status::current(pod), now)
 }
