@@ -4,7 +4,7 @@
 #
 #   CNI plugins bridge, host-local, loopback   -> $CNI_BIN_DIR  (/opt/cni/bin)
 #   pod-runner, pause, node-sync                -> $BINDIR       ($PREFIX/bin, /usr/local/bin)
-#   node-sync.service                           -> $SYSTEMD_DIR  (/etc/systemd/system)
+#   node-sync.service, pod-runner.service       -> $SYSTEMD_DIR  (/etc/systemd/system)
 #   node-sync-rbac.yaml, for the cluster admin  -> $DATADIR/node-sync ($PREFIX/share)
 #   an example 10-bridge.conflist (the tutorial's) -> $CNI_CONF_DIR (/etc/cni/net.d),
 #     only where none exists: an operator's config is never replaced
@@ -25,7 +25,7 @@ DESTDIR=${DESTDIR:-}
 plugins=(bridge host-local loopback)
 programs=(pod-runner pause node-sync)
 conflist=deploy/10-bridge.conflist
-unit=node-sync/node-sync.service
+units=(node-sync/node-sync.service pod-runner/pod-runner.service)
 rbac=deploy/node-sync-rbac.yaml
 
 case "${1:-install}" in
@@ -42,9 +42,12 @@ case "${1:-install}" in
       install -m 0755 "$bins/$p" "$DESTDIR$BINDIR/$p"
       echo "installed $DESTDIR$BINDIR/$p"
     done
-    sed "s|/usr/local/bin/node-sync|$BINDIR/node-sync|" "$unit" >"$DESTDIR$SYSTEMD_DIR/node-sync.service"
-    chmod 0644 "$DESTDIR$SYSTEMD_DIR/node-sync.service"
-    echo "installed $DESTDIR$SYSTEMD_DIR/node-sync.service"
+    for unit in "${units[@]}"; do
+      name=$(basename "$unit")
+      sed "s|/usr/local/bin/|$BINDIR/|" "$unit" >"$DESTDIR$SYSTEMD_DIR/$name"
+      chmod 0644 "$DESTDIR$SYSTEMD_DIR/$name"
+      echo "installed $DESTDIR$SYSTEMD_DIR/$name"
+    done
     install -D -m 0644 "$rbac" "$DESTDIR$DATADIR/node-sync/node-sync-rbac.yaml"
     echo "installed $DESTDIR$DATADIR/node-sync/node-sync-rbac.yaml"
     if [[ -e $DESTDIR$CNI_CONF_DIR/10-bridge.conflist ]]; then
@@ -61,7 +64,7 @@ case "${1:-install}" in
   uninstall)
     for p in "${plugins[@]}"; do rm -fv "$DESTDIR$CNI_BIN_DIR/$p"; done
     for p in "${programs[@]}"; do rm -fv "$DESTDIR$BINDIR/$p"; done
-    rm -fv "$DESTDIR$SYSTEMD_DIR/node-sync.service"
+    for unit in "${units[@]}"; do rm -fv "$DESTDIR$SYSTEMD_DIR/$(basename "$unit")"; done
     rm -fv "$DESTDIR$DATADIR/node-sync/node-sync-rbac.yaml"
     rmdir "$DESTDIR$DATADIR/node-sync" 2>/dev/null || true
     # The example config goes only if it is still ours, unedited.
