@@ -139,10 +139,32 @@ async fn the_daemon_runs_finishes_deletes_and_adopts() {
     })
     .await;
 
+    // A pod whose container dies while no daemon runs.
+    env.create_pod_object(
+        pod(
+            "catchup",
+            json!({"containers": [{"name": "web", "image": "localhost/web:latest"}]}),
+        ),
+        Some("inajob"),
+    )
+    .await;
+    let catchup = wait_for("catchup Running", 20, async || {
+        env.pod("catchup").await.filter(|p| phase(p) == "Running")
+    })
+    .await;
+    let catchup_id = container_id(&catchup).expect("containerID");
+
     // SIGKILL of the daemon leaves the pod running; the next one adopts
     // it: the same container, no restart, and the status unchanged.
     daemon.signal(nix::sys::signal::Signal::SIGKILL);
     let before = env.pod("web-002").await.expect("pod");
+    env.ctrd.ctr_ok(&[
+        "tasks",
+        "kill",
+        "-s",
+        "SIGKILL",
+        catchup_id.trim_start_matches("containerd://"),
+    ]);
     // Deleted from the API while no daemon runs: torn down at its start.
     env.create_pod_object(
         pod(
@@ -177,6 +199,23 @@ async fn the_daemon_runs_finishes_deletes_and_adopts() {
             .map(|c| c[0].restart_count)
     };
     assert_eq!(rc(&after), Some(0));
+    // What happened meanwhile is caught up on: the dead container is
+    // restarted, its end the last state.
+    let caught = wait_for("catchup restarted", 20, async || {
+        env.pod("catchup")
+            .await
+            .filter(|p| rc(p) == Some(1) && phase(p) == "Running")
+    })
+    .await;
+    let last = caught
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|c| c[0].last_state.as_ref())
+        .and_then(|l| l.terminated.as_ref())
+        .map(|t| t.exit_code);
+    assert_eq!(last, Some(137));
+    env.remove_pod("catchup").await;
     assert_eq!(
         before
             .status
@@ -450,6 +489,91 @@ async fn the_daemon_runs_finishes_deletes_and_adopts() {
         "{t:?}"
     );
     env.remove_pod("hog").await;
+
+    // A startup probe that never passes: the container is restarted, and
+    // until then it is neither started nor ready (liveness and readiness
+    // wait for it). A container that ignores SIGTERM is killed at the end
+    // of its grace period.
+    let images = env.dir.path().join("busybox-image");
+    std::fs::create_dir_all(&images).expect("mkdir");
+    let tar = testbed::image::busybox_oci_tar(&images);
+    let out = env.pod_runner(&[
+        "image",
+        "import",
+        &tar.to_string_lossy(),
+        "--name",
+        "localhost/busybox",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    env.create_pod_object(
+        pod(
+            "slowstart",
+            json!({"containers": [{"name": "web", "image": "localhost/web:latest",
+                "startupProbe": {"tcpSocket": {"port": 9999}, "periodSeconds": 1, "failureThreshold": 2},
+                "readinessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1}}]}),
+        ),
+        Some("inajob"),
+    )
+    .await;
+    env.create_pod_object(
+        pod(
+            "stubborn",
+            json!({"terminationGracePeriodSeconds": 2, "containers": [{"name": "sleep",
+                "image": "localhost/busybox:latest", "imagePullPolicy": "Never",
+                "command": ["/bin/sleep", "3600"]}]}),
+        ),
+        Some("inajob"),
+    )
+    .await;
+    let slow = wait_for("slowstart restarted", 30, async || {
+        pods.get_opt("slowstart")
+            .await
+            .ok()
+            .flatten()
+            .filter(|p| restarts(p) >= 1)
+    })
+    .await;
+    let cs = &slow
+        .status
+        .as_ref()
+        .and_then(|s| s.container_statuses.clone())
+        .expect("cs")[0];
+    assert!(!cs.ready && cs.started != Some(true), "{cs:?}");
+    let unhealthy = messages("slowstart", "Unhealthy").await;
+    assert!(
+        unhealthy
+            .iter()
+            .any(|m| m.starts_with("Startup probe failed")),
+        "{unhealthy:?}"
+    );
+    wait_for("stubborn Running", 20, async || {
+        pods.get_opt("stubborn")
+            .await
+            .ok()
+            .flatten()
+            .filter(|p| phase(p) == "Running")
+    })
+    .await;
+    let t = Instant::now();
+    pods.delete("stubborn", &Default::default())
+        .await
+        .expect("delete");
+    wait_for("stubborn deleted", 20, async || {
+        pods.get_opt("stubborn")
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    // busybox sleep as PID 1 ignores SIGTERM: SIGKILL after the 2 s.
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_secs(2) && took < Duration::from_secs(8),
+        "{took:?}"
+    );
+    env.remove_pod("slowstart").await;
 
     // A dead sandbox is made again, as the kubelet does.
     let sandbox = pod_runner::state::Store::new(&env.state_dir())

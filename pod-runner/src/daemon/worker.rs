@@ -1177,7 +1177,10 @@ impl Worker {
                     .map(|(i, h)| run_hook(&self.s.runner, &r.containers[*i].id, h, &ip, grace_d)),
             )
             .await;
-            let left = grace_d.saturating_sub(t.elapsed()).as_secs() as i64;
+            // What the hooks left of the grace period, rounded up: the
+            // containers get no less than the pod asked for.
+            let left = grace_d.saturating_sub(t.elapsed());
+            let left = (left.as_secs() + u64::from(left.subsec_nanos() > 0)) as i64;
             if let Err(e) = self.s.runner.teardown(&r, left).await {
                 tracing::warn!("pod {}: stopping it: {e}", self.label());
                 return Next::At(Some(Instant::now() + Duration::from_secs(2)));
