@@ -105,6 +105,7 @@ pub async fn run(
         recorder,
         resync: opts.resync,
         requeue,
+        said: std::sync::Mutex::new(std::collections::HashSet::new()),
     });
 
     let (ev_tx, mut ev_rx) = mpsc::unbounded_channel();

@@ -37,6 +37,25 @@ pub(crate) struct Shared {
     pub resync: Duration,
     /// Messages a finished worker received too late, for a new worker.
     pub requeue: mpsc::UnboundedSender<(Key, Msg)>,
+    /// The kinds of warnings already logged (see [`Shared::warn_once`]).
+    pub said: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl Shared {
+    /// A warning about what pod-runner leaves out of a pod, logged the
+    /// first time its kind (the text without the quoted names) comes up:
+    /// every pod the API server admits carries the same defaults (the
+    /// token volume, enableServiceLinks), and a line per pod start would
+    /// bury the log. Later ones go to the debug level.
+    fn warn_once(&self, pod: &str, warning: &str) {
+        let kind = warning_kind(warning);
+        let first = self.said.lock().map(|mut s| s.insert(kind)).unwrap_or(true);
+        if first {
+            tracing::warn!("pod {pod}: {warning} (said once for every pod)");
+        } else {
+            tracing::debug!("pod {pod}: {warning}");
+        }
+    }
 }
 
 /// One container as the worker follows it.
@@ -98,6 +117,15 @@ struct Worker {
     pulled_at: Instant,
     /// Finished here, and the API has not taken the final status yet.
     final_unsent: bool,
+}
+
+/// A warning without its quoted names: what it says of any pod.
+fn warning_kind(warning: &str) -> String {
+    warning
+        .split('"')
+        .step_by(2)
+        .collect::<Vec<_>>()
+        .join("\"…\"")
 }
 
 /// How a sync ended.
@@ -457,7 +485,7 @@ impl Worker {
             match pod::plan(&pod, &self.s.runner.node) {
                 Ok(p) => {
                     for w in &p.warnings {
-                        tracing::warn!("pod {}: {w}", self.label());
+                        self.s.warn_once(&self.label(), w);
                     }
                     self.ctrs = p.containers.iter().map(|_| Ctr::default()).collect();
                     self.plan = Some(p);
@@ -1253,5 +1281,38 @@ async fn run_hook(
     };
     if let Outcome::Failure(m) = probe::check(h, pod_ip, limit, &exec).await {
         tracing::warn!("container {id}: hook failed: {m}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warnings_of_one_kind_share_a_key() {
+        let a = warning_kind(
+            r#"volume "kube-api-access-abcde": only emptyDir and hostPath volumes are supported"#,
+        );
+        let b = warning_kind(
+            r#"volume "kube-api-access-fghij": only emptyDir and hostPath volumes are supported"#,
+        );
+        assert_eq!(a, b);
+        assert_ne!(
+            a,
+            warning_kind("spec.enableServiceLinks is not supported by pod-runner; ignored")
+        );
+    }
+
+    #[test]
+    fn equal_conditions_need_no_write() {
+        let old = serde_json::json!({"phase": "Running", "podIP": "10.244.1.2",
+            "containerStatuses": [{"name": "web", "ready": true}],
+            "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "t"}]});
+        let mut patch = serde_json::json!({"status": {"phase": "Running", "podIP": "10.244.1.2",
+            "containerStatuses": [{"name": "web", "ready": true}],
+            "conditions": [{"type": "Ready", "status": "True", "reason": null}]}});
+        assert!(already_so(&patch, &old));
+        patch["status"]["conditions"][0]["status"] = "False".into();
+        assert!(!already_so(&patch, &old));
     }
 }
