@@ -4,7 +4,7 @@
 //! compared, as a plugin is compared with the Go reference plugin. The
 //! requests are the ones the project sends: node-sync (Node registration,
 //! status, Lease, list+watch), pod-runner (Pod get, status, final delete,
-//! Node get), the tests and the demo (create/replace/patch/delete of the
+//! Node get; the daemon's list+watch of its Pods and its Events), the tests and the demo (create/replace/patch/delete of the
 //! objects they use, bindings, RBAC), and the real kubectl's (discovery,
 //! Table printing, `get`, `apply`).
 //!
@@ -308,6 +308,9 @@ struct Req {
     /// it answers this code.
     settle: Option<u16>,
     expect: Option<u16>,
+    /// Only the objects whose names start with this are compared in a
+    /// list, Table or watch, with why.
+    ours: Option<(&'static str, &'static str)>,
 }
 
 struct Diff {
@@ -402,6 +405,7 @@ impl Diff {
                 capture: Vec::new(),
                 settle: None,
                 expect: None,
+                ours: None,
             },
         }
     }
@@ -457,6 +461,11 @@ impl Diff {
                 "{}: the stand-in now records managedFields: compare them and drop the named difference ({MANAGED_FIELDS})",
                 r.name
             ));
+        }
+        if let Some((prefix, _why)) = r.ours {
+            for v in [&mut a, &mut b] {
+                keep_ours(v, prefix);
+            }
         }
         for (ptr, _why) in &r.masks {
             for v in [&mut a, &mut b] {
@@ -580,6 +589,25 @@ impl Diff {
     }
 }
 
+/// Drops from a list's items, a Table's rows or a watch's events the
+/// objects whose names do not start with `prefix`.
+fn keep_ours(v: &mut Value, prefix: &str) {
+    let named = |o: &Value, ptr: &str| {
+        o.pointer(ptr)
+            .and_then(Value::as_str)
+            .is_some_and(|n| n.starts_with(prefix))
+    };
+    if let Some(Value::Array(items)) = v.get_mut("items") {
+        items.retain(|o| named(o, "/metadata/name"));
+    }
+    if let Some(Value::Array(rows)) = v.get_mut("rows") {
+        rows.retain(|o| named(o, "/object/metadata/name"));
+    }
+    if let Value::Array(events) = v {
+        events.retain(|e| named(e, "/object/metadata/name"));
+    }
+}
+
 /// A Table's Age cells: seconds pass between the two answers.
 fn age_cells(v: &mut Value) {
     if v["kind"] != "Table" {
@@ -669,6 +697,10 @@ impl ReqB<'_> {
     }
     fn capture(mut self, var: &'static str, ptr: &'static str) -> Self {
         self.r.capture.push((var, ptr));
+        self
+    }
+    fn ours(mut self, prefix: &'static str, why: &'static str) -> Self {
+        self.r.ours = Some((prefix, why));
         self
     }
     fn settle(mut self, code: u16) -> Self {
@@ -951,6 +983,7 @@ async fn discovery_subset(d: &mut Diff, name: &str, path: &str, list: &'static s
         capture: Vec::new(),
         settle: None,
         expect: None,
+        ours: None,
     };
     let mut real = d.real.send(&r).await;
     let fake = d.fake.send(&r).await;
@@ -1474,6 +1507,20 @@ async fn pods(d: &mut Diff) {
     .expect(200)
     .go()
     .await;
+    // pod-runner run: kube-runtime's watcher lists (a page of 500; its
+    // "any" version is not sent with a limit), then watches from the
+    // list's version.
+    d.req(
+        "pod-runner run: list its Pods",
+        "inajob",
+        "GET",
+        "/api/v1/pods?fieldSelector=spec.nodeName%3Dinajob&limit=500",
+    )
+    .agent(POD_RUNNER)
+    .capture("rv-pods", "/metadata/resourceVersion")
+    .expect(200)
+    .go()
+    .await;
     d.req(
         "a node reads a Pod bound elsewhere",
         "inajob",
@@ -1537,9 +1584,11 @@ async fn pods(d: &mut Diff) {
     )
     .agent(POD_RUNNER)
     .smp(pod_status(true, &["web"]))
+    .capture("web-002-rv", "/metadata/resourceVersion")
     .expect(200)
     .go()
     .await;
+    pod_events(d).await;
     // The pod up again on a new IP: the list merges by address, so naming
     // only the new one leaves two of a family, which the server refuses;
     // pod-runner replaces the list.
@@ -1638,6 +1687,20 @@ async fn pods(d: &mut Diff) {
     .expect(200)
     .go()
     .await;
+    // The watch kube-runtime's watcher makes from its list (pod-runner
+    // asks timeoutSeconds=290; here the stream ends at once, with what
+    // happened since).
+    d.req(
+        "pod-runner run: watch its Pods",
+        "inajob",
+        "GET",
+        "/api/v1/pods?watch=true&timeoutSeconds=1&fieldSelector=spec.nodeName%3Dinajob&allowWatchBookmarks=true&resourceVersion=${rv-pods}",
+    )
+    .agent(POD_RUNNER)
+    .watch()
+    .expect(200)
+    .go()
+    .await;
     d.req(
         "pod-runner: the Pod is gone",
         "inajob",
@@ -1658,6 +1721,7 @@ async fn pods(d: &mut Diff) {
     .await;
     // An unscheduled Pod goes at once.
     d.req("admin: create web-003", "admin", "POST", pods)
+        .capture("rv-web-003", "/metadata/resourceVersion")
         .json(
             json!({"metadata": {"name": "web-003", "labels": {"app": "web"}},
             "spec": {"containers": [{"name": "web", "image": "localhost/web:latest"}]}}),
@@ -1681,6 +1745,18 @@ async fn pods(d: &mut Diff) {
         &format!("{pods}/web-003"),
     )
     .expect(404)
+    .go()
+    .await;
+    d.req(
+        "admin: watch an unscheduled Pod go",
+        "admin",
+        "GET",
+        &format!(
+            "{pods}?watch=true&timeoutSeconds=1&fieldSelector=metadata.name%3Dweb-003&resourceVersion=${{rv-web-003}}"
+        ),
+    )
+    .watch()
+    .expect(200)
     .go()
     .await;
     // Replace with a stale version, merge and JSON patches.
@@ -1819,6 +1895,214 @@ async fn pods(d: &mut Diff) {
         "/api/v1/namespaces",
     )
     .accept(TABLE)
+    .go()
+    .await;
+}
+
+/// The real server records Events of its own in `default` (its
+/// ClusterIP repair, its readiness), when it likes; the stand-in has
+/// neither.
+const SERVER_EVENTS: &str = "the real server's own Events (ClusterIP repair, readyz) come and go on its own clock; the stand-in records none";
+
+/// pod-runner's Event about a Pod (daemon/events.rs): the client-go
+/// recorder's name, the kubelet's fields, `source` and the reporting
+/// pair naming pod-runner on its node.
+fn pod_event(name: &str, kind: &str, reason: &str, message: &str, container: bool) -> Value {
+    let mut involved = json!({"apiVersion": "v1", "kind": "Pod", "name": "web-002",
+        "namespace": "default", "uid": "${web-002-uid}", "resourceVersion": "${web-002-rv}"});
+    if container {
+        involved["fieldPath"] = json!("spec.containers{web}");
+    }
+    json!({"apiVersion": "v1", "kind": "Event",
+        "metadata": {"name": name, "namespace": "default"},
+        "involvedObject": involved, "reason": reason, "message": message, "type": kind,
+        "source": {"component": "pod-runner", "host": "inajob"},
+        "reportingComponent": "pod-runner", "reportingInstance": "inajob",
+        "firstTimestamp": T0, "lastTimestamp": T0, "count": 1})
+}
+
+/// pod-runner run's Events: a node creates them (the Node authorizer's
+/// static rules), may not read them; the admin reads, lists, watches
+/// and deletes them, as `kubectl get events` and `kubectl describe pod`
+/// do.
+async fn pod_events(d: &mut Diff) {
+    let events = "/api/v1/namespaces/default/events";
+    d.req("pod-runner run: an Event", "inajob", "POST", events)
+        .agent(POD_RUNNER)
+        .json(pod_event(
+            "web-002.17f0c3a1b2d4e5f6",
+            "Normal",
+            "Started",
+            "Started container web",
+            true,
+        ))
+        .expect(201)
+        .go()
+        .await;
+    d.req("pod-runner run: a Warning", "inajob", "POST", events)
+        .agent(POD_RUNNER)
+        .json(pod_event(
+            "web-002.17f0c3a1b2d4e5f7",
+            "Warning",
+            "Unhealthy",
+            "Readiness probe failed: HTTP probe failed with statuscode: 503",
+            true,
+        ))
+        .expect(201)
+        .go()
+        .await;
+    d.req(
+        "pod-runner run: an Event of the Pod",
+        "inajob",
+        "POST",
+        events,
+    )
+    .agent(POD_RUNNER)
+    .json(pod_event(
+        "web-002.17f0c3a1b2d4e5f8",
+        "Normal",
+        "Scheduled",
+        "Successfully assigned default/web-002 to inajob",
+        false,
+    ))
+    .expect(201)
+    .go()
+    .await;
+    d.req("an Event created twice", "inajob", "POST", events)
+        .json(pod_event(
+            "web-002.17f0c3a1b2d4e5f8",
+            "Normal",
+            "Scheduled",
+            "Successfully assigned default/web-002 to inajob",
+            false,
+        ))
+        .expect(409)
+        .go()
+        .await;
+    d.req(
+        "an Event about an object in another namespace",
+        "inajob",
+        "POST",
+        events,
+    )
+    .json({
+        let mut e = pod_event("web-002.17f0c3a1b2d4e5f9", "Normal", "Pulled", "x", true);
+        e["involvedObject"]["namespace"] = json!("kube-system");
+        e
+    })
+    .expect(422)
+    .go()
+    .await;
+    // The recorder's aggregation: the same Event again, counted.
+    d.req(
+        "a node counts an Event again",
+        "inajob",
+        "PATCH",
+        &format!("{events}/web-002.17f0c3a1b2d4e5f7"),
+    )
+    .smp(json!({"count": 2, "lastTimestamp": "2020-01-01T00:01:00Z",
+        "message": "Readiness probe failed: HTTP probe failed with statuscode: 500"}))
+    .expect(200)
+    .go()
+    .await;
+    d.req("a node lists Events", "inajob", "GET", events)
+        .expect(403)
+        .go()
+        .await;
+    d.req("a node lists all Events", "inajob", "GET", "/api/v1/events")
+        .expect(403)
+        .go()
+        .await;
+    d.req(
+        "a node reads its Event",
+        "inajob",
+        "GET",
+        &format!("{events}/web-002.17f0c3a1b2d4e5f6"),
+    )
+    .expect(403)
+    .go()
+    .await;
+    d.req(
+        "a node deletes its Event",
+        "inajob",
+        "DELETE",
+        &format!("{events}/web-002.17f0c3a1b2d4e5f6"),
+    )
+    .expect(403)
+    .go()
+    .await;
+    d.req(
+        "admin: get an Event",
+        "admin",
+        "GET",
+        &format!("{events}/web-002.17f0c3a1b2d4e5f6"),
+    )
+    .expect(200)
+    .go()
+    .await;
+    d.req("admin: list Events", "admin", "GET", events)
+        .ours("web-002.", SERVER_EVENTS)
+        .capture("rv-events", "/metadata/resourceVersion")
+        .expect(200)
+        .go()
+        .await;
+    d.req("admin: list all Events", "admin", "GET", "/api/v1/events")
+        .ours("web-002.", SERVER_EVENTS)
+        .expect(200)
+        .go()
+        .await;
+    d.req(
+        "admin: a Pod's Events, as kubectl describe asks",
+        "admin",
+        "GET",
+        "/api/v1/namespaces/default/events?fieldSelector=involvedObject.name%3Dweb-002%2CinvolvedObject.namespace%3Ddefault%2CinvolvedObject.uid%3D${web-002-uid}&limit=500",
+    )
+    .expect(200)
+    .go()
+    .await;
+    d.req(
+        "admin: Warnings",
+        "admin",
+        "GET",
+        "/api/v1/events?fieldSelector=type%3DWarning%2Csource%3Dpod-runner",
+    )
+    .expect(200)
+    .go()
+    .await;
+    d.req(
+        "admin: Events by a field they lack",
+        "admin",
+        "GET",
+        "/api/v1/events?fieldSelector=spec.nodeName%3Dinajob",
+    )
+    .expect(400)
+    .go()
+    .await;
+    d.req("admin: events as a Table", "admin", "GET", events)
+        .ours("web-002.", SERVER_EVENTS)
+        .accept(TABLE)
+        .go()
+        .await;
+    d.req(
+        "admin: delete an Event",
+        "admin",
+        "DELETE",
+        &format!("{events}/web-002.17f0c3a1b2d4e5f8"),
+    )
+    .expect(200)
+    .go()
+    .await;
+    d.req(
+        "admin: watch Events",
+        "admin",
+        "GET",
+        &format!(
+            "{events}?watch=true&timeoutSeconds=1&allowWatchBookmarks=true&resourceVersion=${{rv-events}}"
+        ),
+    )
+    .ours("web-002.", SERVER_EVENTS)
+    .watch()
+    .expect(200)
     .go()
     .await;
 }
@@ -2381,6 +2665,30 @@ async fn kubectl(d: &mut Diff) {
     d.kubectl("get pods -o wide", &["get", "pods", "-o", "wide"], &[]);
     d.kubectl("get endpointslices", &["get", "endpointslices"], &[]);
     d.kubectl("get svc", &["get", "svc"], &[]);
+    // The Events of Pods: the real server's own (SERVER_EVENTS) are
+    // about a Service and a Namespace.
+    d.kubectl(
+        "get events",
+        &[
+            "get",
+            "events",
+            "--field-selector",
+            "involvedObject.kind=Pod",
+        ],
+        &[],
+    );
+    d.kubectl(
+        "get events -o wide",
+        &[
+            "get",
+            "events",
+            "-o",
+            "wide",
+            "--field-selector",
+            "involvedObject.kind=Pod",
+        ],
+        &[],
+    );
     d.kubectl("get ep", &["get", "endpoints"], &[]);
     d.kubectl(
         "get leases",

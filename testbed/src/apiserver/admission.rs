@@ -380,6 +380,23 @@ pub fn pod_status(o: &mut Value) {
     }
 }
 
+/// What a core/v1 Event always has: the Go struct's fields without
+/// `omitempty` (or structs, which it does not drop).
+pub fn event(o: &mut Value) {
+    default_fields(
+        o,
+        &[
+            ("involvedObject", json!({})),
+            ("source", json!({})),
+            ("firstTimestamp", Value::Null),
+            ("lastTimestamp", Value::Null),
+            ("eventTime", Value::Null),
+            ("reportingComponent", json!("")),
+            ("reportingInstance", json!("")),
+        ],
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -76,6 +76,17 @@ pub const RESOURCES: &[Resource] = &[
         generation: false,
     },
     Resource {
+        group: "",
+        version: "v1",
+        plural: "events",
+        singular: "event",
+        kind: "Event",
+        namespaced: true,
+        status: false,
+        short: &["ev"],
+        generation: false,
+    },
+    Resource {
         group: "discovery.k8s.io",
         version: "v1",
         plural: "endpointslices",

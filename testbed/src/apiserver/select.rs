@@ -98,6 +98,23 @@ impl LabelSelector {
     }
 }
 
+/// The field selectors the real server knows for core/v1 Events.
+const EVENT_FIELDS: &[&str] = &[
+    "metadata.name",
+    "metadata.namespace",
+    "involvedObject.kind",
+    "involvedObject.namespace",
+    "involvedObject.name",
+    "involvedObject.uid",
+    "involvedObject.apiVersion",
+    "involvedObject.resourceVersion",
+    "involvedObject.fieldPath",
+    "reason",
+    "reportingComponent",
+    "source",
+    "type",
+];
+
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct FieldSelector(Vec<(String, bool, String)>);
 
@@ -105,6 +122,13 @@ impl FieldSelector {
     /// `metadata.name`, `metadata.namespace`, `spec.nodeName` and
     /// `status.phase`, with `=`, `==` and `!=`.
     pub fn parse(s: &str) -> Result<Self, ApiError> {
+        Self::parse_for("", s)
+    }
+
+    /// The fields `plural` can be selected by: an Event's are its
+    /// involved object's, `reason`, `type`, `source` (the component) and
+    /// `reportingComponent`, as `kubectl describe` asks for them.
+    pub fn parse_for(plural: &str, s: &str) -> Result<Self, ApiError> {
         let mut out = Vec::new();
         for p in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let (k, eq, v) = if let Some((k, v)) = p.split_once("!=") {
@@ -117,14 +141,18 @@ impl FieldSelector {
                 return Err(bad(p));
             };
             let k = k.trim();
-            if ![
-                "metadata.name",
-                "metadata.namespace",
-                "spec.nodeName",
-                "status.phase",
-            ]
-            .contains(&k)
-            {
+            let supported = if plural == "events" {
+                EVENT_FIELDS.contains(&k)
+            } else {
+                [
+                    "metadata.name",
+                    "metadata.namespace",
+                    "spec.nodeName",
+                    "status.phase",
+                ]
+                .contains(&k)
+            };
+            if !supported {
                 return Err(ApiError::BadRequest(format!(
                     "field label not supported: {k}"
                 )));
@@ -144,7 +172,11 @@ impl FieldSelector {
 
     pub fn matches(&self, obj: &Value) -> bool {
         self.0.iter().all(|(k, eq, v)| {
-            let ptr = format!("/{}", k.replace('.', "/"));
+            let ptr = if k == "source" {
+                "/source/component".to_string()
+            } else {
+                format!("/{}", k.replace('.', "/"))
+            };
             // An absent field reads as "" for selectors.
             let actual = obj.pointer(&ptr).and_then(Value::as_str).unwrap_or("");
             (actual == v) == *eq

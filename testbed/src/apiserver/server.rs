@@ -350,7 +350,10 @@ async fn dispatch(
         (&Method::DELETE, true, None) => "deletecollection",
         _ => return Err(ApiError::MethodNotAllowed),
     };
-    let fields = FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or(""))?;
+    let fields = FieldSelector::parse_for(
+        r.plural,
+        q.get("fieldSelector").map(String::as_str).unwrap_or(""),
+    )?;
     // A create names its object in the body; authorization needs the name.
     let (body, ctype) = if matches!(
         verb,
@@ -544,7 +547,10 @@ fn watch(
     q: &HashMap<String, String>,
 ) -> Result<Response<Body>, ApiError> {
     let labels = LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or(""))?;
-    let fields = FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or(""))?;
+    let fields = FieldSelector::parse_for(
+        r.plural,
+        q.get("fieldSelector").map(String::as_str).unwrap_or(""),
+    )?;
     let bookmarks = q.get("allowWatchBookmarks").is_some_and(|b| b == "true");
     let timeout = q
         .get("timeoutSeconds")

@@ -297,6 +297,29 @@ impl Store {
                 }
             }
         }
+        if r.plural == "events" {
+            // An Event without an eventTime (core/v1's, as the kubelet
+            // writes it) is about an object in its own namespace, or, for
+            // a cluster-scoped one, in "default".
+            let ns = o.pointer("/metadata/namespace").and_then(Value::as_str);
+            let involved = o
+                .pointer("/involvedObject/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or("");
+            let legacy = o.get("eventTime").is_none_or(Value::is_null);
+            let agree = if involved.is_empty() {
+                ns.is_none_or(|n| n.is_empty() || n == "default")
+            } else {
+                ns == Some(involved)
+            };
+            if legacy && !agree {
+                causes.push((
+                    "involvedObject.namespace".into(),
+                    "FieldValueInvalid",
+                    format!("Invalid value: {involved:?}: does not match event.namespace"),
+                ));
+            }
+        }
         if r.plural == "endpointslices" && o.get("addressType").is_none_or(Value::is_null) {
             causes.push((
                 "addressType".into(),
@@ -419,6 +442,7 @@ impl Store {
                     o["status"] = json!({"loadBalancer": {}});
                 }
             }
+            "events" => admission::event(o),
             "namespaces" => {
                 o["spec"] = json!({"finalizers": ["kubernetes"]});
                 o["status"] = json!({"phase": "Active"});
@@ -608,6 +632,7 @@ impl Store {
         match r.plural {
             "nodes" => admission::node(&mut next),
             "pods" => admission::pod_status(&mut next),
+            "events" => admission::event(&mut next),
             _ => {}
         }
         if next == current {
@@ -797,12 +822,14 @@ impl Store {
                     o["metadata"]["generation"] = json!(g + 1);
                 }
             }
-            let kind = if grace == 0 && !finalizers {
-                "DELETED"
-            } else {
-                "MODIFIED"
-            };
-            return Ok(answer(self.commit(r, key, o, kind)));
+            // A graceful delete is an update of the marks first; with
+            // grace 0 and no finalizers the object then goes, so a watch
+            // sees both.
+            let o = self.commit(r, key.clone(), o, "MODIFIED");
+            if grace == 0 && !finalizers {
+                return Ok(answer(self.commit(r, key, o, "DELETED")));
+            }
+            return Ok(answer(o));
         }
         if finalizers {
             if current.pointer("/metadata/deletionTimestamp").is_some() {

@@ -31,6 +31,65 @@ fn age(o: &Value) -> String {
     }
 }
 
+/// apimachinery's `duration.HumanDuration`, as the printers show a time
+/// since: "5s", "2m3s", "3h40m", "4d2h", "6y341d".
+fn human_duration(secs: i64) -> String {
+    if secs < -1 {
+        return "<invalid>".into();
+    }
+    if secs < 0 {
+        return "0s".into();
+    }
+    if secs < 120 {
+        return format!("{secs}s");
+    }
+    let minutes = secs / 60;
+    if minutes < 10 {
+        return match secs % 60 {
+            0 => format!("{minutes}m"),
+            s => format!("{minutes}m{s}s"),
+        };
+    }
+    if minutes < 180 {
+        return format!("{minutes}m");
+    }
+    let hours = secs / 3600;
+    if hours < 8 {
+        return match minutes % 60 {
+            0 => format!("{hours}h"),
+            m => format!("{hours}h{m}m"),
+        };
+    }
+    if hours < 48 {
+        return format!("{hours}h");
+    }
+    if hours < 24 * 8 {
+        return match hours % 24 {
+            0 => format!("{}d", hours / 24),
+            h => format!("{}d{h}h", hours / 24),
+        };
+    }
+    if hours < 24 * 365 * 2 {
+        return format!("{}d", hours / 24);
+    }
+    if hours < 24 * 365 * 8 {
+        let years = hours / 24 / 365;
+        return match (hours / 24) % 365 {
+            0 => format!("{years}y"),
+            d => format!("{years}y{d}d"),
+        };
+    }
+    format!("{}y", hours / 24 / 365)
+}
+
+/// The time since an RFC 3339 time, or "<unknown>" for none.
+fn since(t: &Value) -> String {
+    let Some(t) = t.as_str().and_then(meta::parse_rfc3339) else {
+        return "<unknown>".into();
+    };
+    human_duration(meta::unix_now() as i64 - t as i64)
+}
+
 /// The real server's column definitions (descriptions and all), by
 /// resource.
 const COLUMNS: &str = include_str!("columns.json");
@@ -193,6 +252,52 @@ fn cells(r: &Resource, o: &Value) -> Vec<Value> {
             ]
         }
         "namespaces" => vec![json!(name), json!(s(o, "/status/phase")), json!(age(o))],
+        "events" => {
+            // printEvent: the first time, or the event time; the last, or
+            // the first; a series' count and time over the Event's own.
+            let mut first = since(&o["firstTimestamp"]);
+            if o["firstTimestamp"].is_null() {
+                first = since(&o["eventTime"]);
+            }
+            let mut last = since(&o["lastTimestamp"]);
+            if o["lastTimestamp"].is_null() {
+                last = first.clone();
+            }
+            let mut count = o["count"].as_i64().unwrap_or(0);
+            if let Some(series) = o.get("series").filter(|v| v.is_object()) {
+                last = since(&series["lastObservedTime"]);
+                count = series["count"].as_i64().unwrap_or(0);
+            } else if count == 0 {
+                count = 1;
+            }
+            let kind = s(o, "/involvedObject/kind").to_lowercase();
+            let involved = s(o, "/involvedObject/name");
+            let target = if involved.is_empty() {
+                kind
+            } else {
+                format!("{kind}/{involved}")
+            };
+            let first_non_empty = |a: String, b: String| if a.is_empty() { b } else { a };
+            let component = first_non_empty(s(o, "/source/component"), s(o, "/reportingComponent"));
+            let instance = first_non_empty(s(o, "/source/host"), s(o, "/reportingInstance"));
+            let source = match (component.is_empty(), instance.is_empty()) {
+                (true, _) => "<unknown>".to_string(),
+                (false, true) => component,
+                (false, false) => format!("{component}, {instance}"),
+            };
+            vec![
+                json!(last),
+                json!(s(o, "/type")),
+                json!(s(o, "/reason")),
+                json!(target),
+                json!(s(o, "/involvedObject/fieldPath")),
+                json!(source),
+                json!(s(o, "/message").trim()),
+                json!(first),
+                json!(count),
+                json!(name),
+            ]
+        }
         "leases" => vec![
             json!(name),
             json!(s(o, "/spec/holderIdentity")),
@@ -304,4 +409,29 @@ pub fn table(r: &Resource, items: &[Value], rv: u64) -> Value {
         .collect();
     json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": rv.to_string()},
            "columnDefinitions": defs, "rows": rows})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn human_durations() {
+        for (secs, want) in [
+            (-5, "<invalid>"),
+            (-1, "0s"),
+            (5, "5s"),
+            (119, "119s"),
+            (123, "2m3s"),
+            (600, "10m"),
+            (3 * 3600 + 40 * 60, "3h40m"),
+            (20 * 3600, "20h"),
+            (4 * 86_400 + 2 * 3600, "4d2h"),
+            (100 * 86_400, "100d"),
+            ((6 * 365 + 341) * 86_400, "6y341d"),
+            (9 * 365 * 86_400, "9y"),
+        ] {
+            assert_eq!(human_duration(secs), want, "{secs}");
+        }
+    }
 }
