@@ -575,6 +575,38 @@ async fn the_daemon_runs_finishes_deletes_and_adopts() {
     );
     env.remove_pod("slowstart").await;
 
+    // `pod-runner delete` typed beside the daemon: the pod ends finished
+    // in the API (the one-shot command's meaning) and the daemon does
+    // not start it again.
+    env.create_pod_object(
+        pod(
+            "typed",
+            json!({"containers": [{"name": "web", "image": "localhost/web:latest"}]}),
+        ),
+        Some("inajob"),
+    )
+    .await;
+    wait_for("typed Running", 20, async || {
+        pods.get_opt("typed")
+            .await
+            .ok()
+            .flatten()
+            .filter(|p| phase(p) == "Running")
+    })
+    .await;
+    let out = env.pod_runner(&["delete", "typed"]);
+    assert!(out.status.success(), "{}", text(&out));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let typed = pods.get("typed").await.expect("typed");
+    assert!(
+        matches!(phase(&typed).as_str(), "Succeeded" | "Failed"),
+        "{:?}",
+        typed.status
+    );
+    let out = env.pod_runner(&["status", "typed"]);
+    assert_eq!(out.status.code(), Some(3), "started again: {}", text(&out));
+    env.remove_pod("typed").await;
+
     // A dead sandbox is made again, as the kubelet does.
     let sandbox = pod_runner::state::Store::new(&env.state_dir())
         .load("default", "web-002")

@@ -445,6 +445,12 @@ impl Worker {
                     != self.record.as_ref().map(|r| (&r.uid, &r.containers))
                 {
                     self.adopted = false;
+                    // A `pod-runner delete` took the pod off the node and
+                    // told the API before it let go of the lock: the pod
+                    // as the API has it now, not as the watch last said.
+                    if r.is_none() {
+                        self.refresh().await;
+                    }
                 }
                 self.record = r;
             }
@@ -455,6 +461,15 @@ impl Worker {
             lock.release_and_remove();
         }
         next
+    }
+
+    /// Reads the pod from the API (gone there: gone).
+    async fn refresh(&mut self) {
+        match self.s.api.pod(&self.key.0, &self.key.1).await {
+            Ok(Some(p)) => self.pod = Some(p),
+            Ok(None) => self.gone = true,
+            Err(e) => tracing::warn!("pod {}: reading it: {e}", self.label()),
+        }
     }
 
     async fn sync(&mut self, _lock: &PodLock) -> Next {

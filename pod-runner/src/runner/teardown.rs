@@ -183,8 +183,9 @@ impl Runner {
             })
             .unwrap_or(record.grace_seconds);
         let exits = self.teardown(&record, grace).await?;
-        lock.release_and_remove();
-        // Report only on the incarnation we ran.
+        // Report only on the incarnation we ran, still under the lock: a
+        // daemon's worker waiting on it then finds the pod finished in the
+        // API, not a pod to start again.
         if api_uid.as_deref() == Some(record.uid.as_str())
             && let Some(pod) = &pod
         {
@@ -195,6 +196,7 @@ impl Runner {
                 self.api()?.patch_status(ns, name, &patch).await?;
             }
         }
+        lock.release_and_remove();
         Ok(Deleted::Stopped { exits })
     }
 }
