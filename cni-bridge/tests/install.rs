@@ -105,6 +105,7 @@ fn make_install_then_the_tutorial_add_by_hand() {
         [
             "etc/cni/net.d/10-bridge.conflist",
             "etc/systemd/system/node-sync.service",
+            "etc/systemd/system/pod-runner.service",
             "opt/cni/bin/bridge",
             "opt/cni/bin/host-local",
             "opt/cni/bin/loopback",
@@ -119,6 +120,15 @@ fn make_install_then_the_tutorial_add_by_hand() {
     assert!(
         unit.contains("ExecStart=/usr/local/bin/node-sync --config /etc/node-sync/config.toml run")
     );
+    let unit = std::fs::read_to_string(stage.path().join("etc/systemd/system/pod-runner.service"))
+        .expect("unit");
+    assert!(
+        unit.contains(
+            "ExecStart=/usr/local/bin/pod-runner --kubeconfig /etc/kubernetes/node.kubeconfig run"
+        ),
+        "{unit}"
+    );
+    assert!(unit.contains("KillMode=process"), "{unit}");
     // The installed binaries run on their own: --version, VERSION.
     let bin = stage.path().join("opt/cni/bin");
     run(Command::new(stage.path().join("usr/local/bin/node-sync")).arg("--version"));

@@ -468,6 +468,9 @@ impl Worker {
         match self.s.api.pod(&self.key.0, &self.key.1).await {
             Ok(Some(p)) => self.pod = Some(p),
             Ok(None) => self.gone = true,
+            // The Node authorizer answers 403 for a pod that is no longer
+            // bound here, a deleted one included.
+            Err(e) if e.forbidden().is_some() => self.gone = true,
             Err(e) => tracing::warn!("pod {}: reading it: {e}", self.label()),
         }
     }
