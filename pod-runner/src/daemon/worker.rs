@@ -19,7 +19,7 @@ use crate::probe::{self, Outcome};
 use crate::runner::{RunError, Runner, exit_of, restart_policy};
 use crate::state::{Exit, PodLock, PodRecord};
 use crate::status::{self, ContainerObs, PodObs, State};
-use containerd_api::TaskState;
+use containerd_api::{TaskInfo, TaskState};
 
 use super::events::{Kind, Recorder};
 use super::plan;
@@ -117,6 +117,22 @@ struct Worker {
     pulled_at: Instant,
     /// Finished here, and the API has not taken the final status yet.
     final_unsent: bool,
+}
+
+/// How a container's task ended, as containerd shows it: `None` while it
+/// runs; a task that is gone, or never ran, counts as killed (137).
+fn ended(t: Option<TaskInfo>) -> Option<(u32, Option<SystemTime>)> {
+    match t {
+        Some(t) if t.state == TaskState::Running => None,
+        Some(t) => Some((
+            match t.state {
+                TaskState::Stopped { exit } => exit,
+                _ => 137,
+            },
+            t.exited_at,
+        )),
+        None => Some((137, None)),
+    }
 }
 
 /// A warning without its quoted names: what it says of any pod.
@@ -246,7 +262,20 @@ impl Worker {
                 }
             }
             Msg::Oom { id } => {
-                if let Some(i) = self.index_of(&id) {
+                // containerd does not order the OOM event before the exit:
+                // an exit already taken becomes OOMKilled (as the CRI
+                // plugin does), and a finished pod's status is written again.
+                let late = self
+                    .ctrs
+                    .iter_mut()
+                    .filter_map(|c| c.exited.as_mut())
+                    .find(|e| e.id == id && e.code != 0);
+                if let Some(e) = late {
+                    e.reason = crate::runner::exit_reason(e.code, true).into();
+                    if self.finished {
+                        self.final_unsent = true;
+                    }
+                } else if let Some(i) = self.index_of(&id) {
                     self.ctrs[i].oom = true;
                 }
             }
@@ -857,23 +886,13 @@ impl Worker {
                 .map(|s| s.image.clone())
                 .unwrap_or_else(|| app.image.clone());
             c.image_id = reported.map(|s| s.image_id.clone()).unwrap_or_default();
-            match ctrd.task_info(&app.id).await {
-                Ok(Some(t)) if t.state == TaskState::Running => {
+            match ctrd.task_info(&app.id).await.map(ended) {
+                Ok(None) => {
                     // What the API shows stays until a probe says otherwise.
                     c.ready = reported.map(|s| s.ready);
                     c.started = reported.and_then(|s| s.started);
                 }
-                Ok(t) => {
-                    let (code, at) = match t {
-                        Some(t) => (
-                            match t.state {
-                                TaskState::Stopped { exit } => exit,
-                                _ => 137,
-                            },
-                            t.exited_at,
-                        ),
-                        None => (137, None),
-                    };
+                Ok(Some((code, at))) => {
                     c.exited = Some(exit_of(
                         &app.id,
                         code,
@@ -930,16 +949,9 @@ impl Worker {
             if self.ctrs.get(i).is_none_or(|c| c.exited.is_some()) {
                 continue;
             }
-            let (code, at) = match ctrd.task_info(&app.id).await {
-                Ok(Some(t)) if t.state == TaskState::Running => continue,
-                Ok(Some(t)) => (
-                    match t.state {
-                        TaskState::Stopped { exit } => exit,
-                        _ => continue,
-                    },
-                    t.exited_at,
-                ),
-                Ok(None) => (137, None),
+            let (code, at) = match ctrd.task_info(&app.id).await.map(ended) {
+                Ok(None) => continue,
+                Ok(Some(ended)) => ended,
                 Err(e) => {
                     tracing::warn!("pod {}: {e}", self.label());
                     return;
@@ -1305,6 +1317,21 @@ async fn run_hook(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_task_ends_as_containerd_shows_it() {
+        let t = |state| TaskInfo {
+            state,
+            pid: 1,
+            exited_at: None,
+        };
+        assert_eq!(ended(Some(t(TaskState::Running))), None);
+        assert_eq!(
+            ended(Some(t(TaskState::Stopped { exit: 3 }))),
+            Some((3, None))
+        );
+        assert_eq!(ended(None), Some((137, None)));
+    }
 
     #[test]
     fn warnings_of_one_kind_share_a_key() {
