@@ -14,6 +14,7 @@ mod host_local;
 mod node_sync;
 mod plugin;
 mod pod_daemon;
+mod pod_node;
 mod pod_startup;
 mod services;
 mod stats;

@@ -30,26 +30,25 @@
 //! Targets: daemon bound → Running+Ready p50 <= 250 ms; the burst all
 //! Running+Ready through the daemon <= 5 s.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use k8s_openapi::api::core::v1::{Node as NodeObject, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::runtime::wait::{await_condition, conditions};
-use kube::{Client, Config};
 use serde_json::{Value, json};
 use testbed::Netns;
 use testbed::api::Apiserver;
-use testbed::cluster::{Cluster, INAJOB};
+use testbed::cluster::Cluster;
 use testbed::containerd::Containerd;
 use testbed::controlplane::ControlPlane;
 use testbed::relay::Relay;
 
+use crate::pod_node::{
+    self, NODE, client, loadavg, lossy, on_path, output, register_node, remove_cgroup_parents,
+};
 use crate::stats::{mean, median, ms, percentile, ratio, secs};
 
 #[derive(clap::Args)]
@@ -70,7 +69,6 @@ pub struct Options {
     warmup: u32,
 }
 
-const NODE: (&str, std::net::Ipv4Addr) = INAJOB;
 /// pod-runner's containerd namespace (the e2e test's).
 const CTR_NS: &str = "testbed";
 const POD_FILE: &str = "pod-web-002.yaml";
@@ -106,36 +104,11 @@ impl Side {
     }
 }
 
-fn lossy(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).trim().to_string()
-}
-
 fn check_interrupted() -> Result<()> {
     if let Some(sig) = crate::interrupted() {
         bail!("interrupted by signal {sig}");
     }
     Ok(())
-}
-
-/// Runs an untimed command; its stdout. Fails unless it exits 0.
-fn output(what: &str, cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("starting {what}"))?;
-    ensure!(
-        out.status.success(),
-        "{what} failed ({}): {}",
-        out.status,
-        lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false)
 }
 
 /// The emulated node and everything on it. Fields drop in order: the
@@ -274,35 +247,10 @@ impl Node {
         c
     }
 
-    /// `GET /` on the pod's port 8080 from the node: web answers with its
-    /// hostname, the pod's name. Retried while the server comes up.
+    /// `GET /` on the pod's port 8080 from the node (see
+    /// [`pod_node::expect_answer`]).
     fn expect_answer(&self, ip: &str, pod: &str) -> Result<()> {
-        let addr: SocketAddr = format!("{ip}:8080")
-            .parse()
-            .with_context(|| format!("pod IP {ip:?}"))?;
-        let answer = self.ns().run(|| {
-            let mut last = None;
-            for _ in 0..50 {
-                match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
-                    Ok(mut s) => {
-                        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-                        s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
-                        let mut out = String::new();
-                        s.read_to_string(&mut out)?;
-                        return Ok(out);
-                    }
-                    Err(e) => last = Some(e),
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            Err(last.unwrap_or_else(|| std::io::Error::other("no attempt")))
-        });
-        let answer = answer.with_context(|| format!("GET http://{addr}/ from the node"))?;
-        ensure!(
-            answer.starts_with("HTTP/1.0 200") && answer.ends_with(&format!("\n{pod}\n")),
-            "pod {pod} at {addr} answered {answer:?}"
-        );
-        Ok(())
+        pod_node::expect_answer(self.ns(), ip, pod)
     }
 
     /// Nothing of any pod left on the node: containers, tasks, leases and
@@ -340,32 +288,6 @@ impl Node {
         ensure!(n == 0, "{n} pod records left in state/pods");
         Ok(())
     }
-}
-
-async fn client(kubeconfig: &Path) -> Result<Client> {
-    let kc = Kubeconfig::read_from(kubeconfig)
-        .with_context(|| format!("reading {}", kubeconfig.display()))?;
-    let cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
-    Ok(Client::try_from(cfg)?)
-}
-
-/// The Node object, made with the node's own identity and its InternalIP,
-/// as the kubelet registers.
-fn register_node(kubeconfig: &Path) -> Result<()> {
-    let node: NodeObject = serde_json::from_value(json!({
-        "metadata": {"name": NODE.0, "labels": {"kubernetes.io/hostname": NODE.0}},
-        "status": {"addresses": [{"type": "InternalIP", "address": NODE.1.to_string()},
-                                 {"type": "Hostname", "address": NODE.0}]}
-    }))
-    .context("the Node object")?;
-    testbed::kubectl::blocking(async {
-        let nodes: Api<NodeObject> = Api::all(client(kubeconfig).await?);
-        nodes
-            .create(&PostParams::default(), &node)
-            .await
-            .with_context(|| format!("registering node {}", NODE.0))?;
-        anyhow::Ok(())
-    })
 }
 
 /// Phase Running and condition Ready True.
@@ -789,31 +711,6 @@ fn burst(
     Ok(rss)
 }
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
-}
-
-/// Removes the empty cgroups `/pod-runner/pod<uid>` the pods left in each
-/// controller. Returns how many pods had left theirs.
-fn remove_cgroup_parents(uids: &[String]) -> usize {
-    let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") else {
-        return 0;
-    };
-    let mut left = std::collections::BTreeSet::new();
-    for c in controllers.flatten() {
-        for uid in uids {
-            let pod = c.path().join("pod-runner").join(format!("pod{uid}"));
-            if pod.is_dir() {
-                left.insert(uid);
-                let _ = std::fs::remove_dir(pod);
-            }
-        }
-    }
-    left.len()
-}
-
 /// What the daemon side measured beyond the figures.
 struct DaemonFacts {
     rss_idle_kb: u64,
@@ -859,7 +756,7 @@ pub fn run(o: &Options) -> Result<()> {
         Ok((figs, facts, node.server.describe()))
     });
     // After the node (containerd and its tasks) is gone.
-    let cgroups_left = remove_cgroup_parents(&uids);
+    let cgroups_left = remove_cgroup_parents(&uids, &[]);
     if cgroups_left > 0 {
         println!(
             "note: {cgroups_left} of {} pods left their empty cgroup /pod-runner/pod<uid> \

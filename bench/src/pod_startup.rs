@@ -21,25 +21,24 @@
 //!
 //! Target: our median <= 500 ms and <= 0.5x the baseline's.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail, ensure};
-use k8s_openapi::api::core::v1::{Node as NodeObject, Pod};
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config};
 use serde_json::{Value, json};
 use testbed::Netns;
 use testbed::api::Apiserver;
-use testbed::cluster::{Cluster, INAJOB};
+use testbed::cluster::Cluster;
 use testbed::containerd::Containerd;
 use testbed::controlplane::ControlPlane;
 use testbed::relay::Relay;
 
+use crate::pod_node::{
+    self, NODE, client, loadavg, lossy, on_path, output, register_node, remove_cgroup_parents,
+};
 use crate::stats::{mean, median, ms, percentile, ratio};
 
 #[derive(clap::Args)]
@@ -63,7 +62,6 @@ pub struct Options {
     warmup: u32,
 }
 
-const NODE: (&str, std::net::Ipv4Addr) = INAJOB;
 /// containerd namespaces: pod-runner's (the e2e test's) and the script's.
 const OURS_NS: &str = "testbed";
 const BASELINE_NS: &str = "baseline";
@@ -95,10 +93,6 @@ impl Side {
     }
 }
 
-fn lossy(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).trim().to_string()
-}
-
 /// Runs `cmd` to completion; its wall time from spawn to reaped exit.
 /// Fails unless it exits 0.
 fn timed(what: &str, cmd: &mut Command) -> Result<Duration> {
@@ -123,27 +117,6 @@ fn timed(what: &str, cmd: &mut Command) -> Result<Duration> {
         );
     }
     Ok(took)
-}
-
-/// Like [`timed`], for the output of an untimed command.
-fn output(what: &str, cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("starting {what}"))?;
-    ensure!(
-        out.status.success(),
-        "{what} failed ({}): {}",
-        out.status,
-        lossy(&out.stderr)
-    );
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn on_path(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false)
 }
 
 /// The emulated node and everything on it. Fields drop in order: the
@@ -347,35 +320,10 @@ impl Node {
         c
     }
 
-    /// `GET /` on the pod's port 8080 from the node: web answers with its
-    /// hostname, the pod's name. Retried while the server comes up.
+    /// `GET /` on the pod's port 8080 from the node (see
+    /// [`pod_node::expect_answer`]).
     fn expect_answer(&self, ip: &str, pod: &str) -> Result<()> {
-        let addr: SocketAddr = format!("{ip}:8080")
-            .parse()
-            .with_context(|| format!("pod IP {ip:?}"))?;
-        let answer = self.ns().run(|| {
-            let mut last = None;
-            for _ in 0..50 {
-                match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
-                    Ok(mut s) => {
-                        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-                        s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
-                        let mut out = String::new();
-                        s.read_to_string(&mut out)?;
-                        return Ok(out);
-                    }
-                    Err(e) => last = Some(e),
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            Err(last.unwrap_or_else(|| std::io::Error::other("no attempt")))
-        });
-        let answer = answer.with_context(|| format!("GET http://{addr}/ from the node"))?;
-        ensure!(
-            answer.starts_with("HTTP/1.0 200") && answer.ends_with(&format!("\n{pod}\n")),
-            "pod {pod} at {addr} answered {answer:?}"
-        );
-        Ok(())
+        pod_node::expect_answer(self.ns(), ip, pod)
     }
 
     /// host-local leases (not its lock or last_reserved_ip files).
@@ -425,33 +373,6 @@ impl Node {
         }
         Ok(())
     }
-}
-
-async fn client(kubeconfig: &Path) -> Result<Client> {
-    let kc = Kubeconfig::read_from(kubeconfig)
-        .with_context(|| format!("reading {}", kubeconfig.display()))?;
-    let cfg = Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?;
-    Ok(Client::try_from(cfg)?)
-}
-
-/// The Node object, made with the node's own identity and its InternalIP,
-/// as the kubelet registers (both sides get `--node-ip`, so neither reads
-/// it; a real node has it).
-fn register_node(kubeconfig: &Path) -> Result<()> {
-    let node: NodeObject = serde_json::from_value(json!({
-        "metadata": {"name": NODE.0, "labels": {"kubernetes.io/hostname": NODE.0}},
-        "status": {"addresses": [{"type": "InternalIP", "address": NODE.1.to_string()},
-                                 {"type": "Hostname", "address": NODE.0}]}
-    }))
-    .context("the Node object")?;
-    testbed::kubectl::blocking(async {
-        let nodes: Api<NodeObject> = Api::all(client(kubeconfig).await?);
-        nodes
-            .create(&PostParams::default(), &node)
-            .await
-            .with_context(|| format!("registering node {}", NODE.0))?;
-        anyhow::Ok(())
-    })
 }
 
 /// The Pods in the API server, through the admin's kubeconfig; the node's
@@ -669,35 +590,6 @@ fn one_pod(
     Ok(Sample { up, down })
 }
 
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "?".into())
-}
-
-/// Removes the empty cgroup parents the pods left in each controller
-/// (runc removes only a container's own): `/<namespace>` of `ctr run`'s
-/// `/<namespace>/<container>`, and pod-runner's `/pod-runner/pod<uid>`
-/// for the `uids` it ran. Non-empty ones stay (rmdir refuses). Returns
-/// how many pod-runner pods had left theirs.
-fn remove_cgroup_parents(uids: &[String]) -> usize {
-    let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") else {
-        return 0;
-    };
-    let mut left = std::collections::BTreeSet::new();
-    for c in controllers.flatten() {
-        let _ = std::fs::remove_dir(c.path().join(BASELINE_NS));
-        for uid in uids {
-            let pod = c.path().join("pod-runner").join(format!("pod{uid}"));
-            if pod.is_dir() {
-                left.insert(uid);
-                let _ = std::fs::remove_dir(pod);
-            }
-        }
-    }
-    left.len()
-}
-
 pub fn run(o: &Options) -> Result<()> {
     if !nix::unistd::geteuid().is_root() {
         bail!(
@@ -722,7 +614,7 @@ pub fn run(o: &Options) -> Result<()> {
         Ok((samples, node.server.describe()))
     });
     // After the node (containerd and its tasks) is gone.
-    let cgroups_left = remove_cgroup_parents(&uids);
+    let cgroups_left = remove_cgroup_parents(&uids, &[BASELINE_NS]);
     if cgroups_left > 0 {
         println!(
             "note: pod-runner delete left the empty cgroup /pod-runner/pod<uid> of {cgroups_left} \

@@ -63,6 +63,26 @@ async fn wait_for<T>(what: &str, secs: u64, mut f: impl AsyncFnMut() -> Option<T
     }
 }
 
+/// A bare pod of the web image.
+fn web_pod(name: &str) -> Pod {
+    pod(
+        name,
+        json!({"containers": [{"name": "web", "image": "localhost/web:latest"}]}),
+    )
+}
+
+/// Waits until the pod `name` is in `phase`; the pod then.
+async fn wait_phase(pods: &kube::Api<Pod>, name: &str, phase_: &str, secs: u64) -> Pod {
+    wait_for(&format!("{name} {phase_}"), secs, async || {
+        pods.get_opt(name)
+            .await
+            .ok()
+            .flatten()
+            .filter(|p| phase(p) == phase_)
+    })
+    .await
+}
+
 fn phase(p: &Pod) -> String {
     p.status
         .as_ref()
@@ -140,14 +160,8 @@ async fn the_daemon_runs_finishes_deletes_and_adopts() {
     .await;
 
     // A pod whose container dies while no daemon runs.
-    env.create_pod_object(
-        pod(
-            "catchup",
-            json!({"containers": [{"name": "web", "image": "localhost/web:latest"}]}),
-        ),
-        Some("inajob"),
-    )
-    .await;
+    env.create_pod_object(web_pod("catchup"), Some("inajob"))
+        .await;
     let catchup = wait_for("catchup Running", 20, async || {
         env.pod("catchup").await.filter(|p| phase(p) == "Running")
     })
@@ -166,14 +180,8 @@ async fn the_daemon_runs_finishes_deletes_and_adopts() {
         catchup_id.trim_start_matches("containerd://"),
     ]);
     // Deleted from the API while no daemon runs: torn down at its start.
-    env.create_pod_object(
-        pod(
-            "orphan",
-            json!({"containers": [{"name": "web", "image": "localhost/web:latest"}]}),
-        ),
-        Some("inajob"),
-    )
-    .await;
+    env.create_pod_object(web_pod("orphan"), Some("inajob"))
+        .await;
     let out = env.pod_runner(&["create", "orphan"]);
     assert!(out.status.success(), "{}", text(&out));
     env.remove_pod("orphan").await;
@@ -403,31 +411,12 @@ async fn the_daemon_runs_finishes_deletes_and_adopts() {
     // API at once (grace 0) and made again, the old one goes from the
     // node and the new one runs.
     let first = env
-        .create_pod_object(
-            pod(
-                "again",
-                json!({"containers": [{"name": "web", "image": "localhost/web:latest"}]}),
-            ),
-            Some("inajob"),
-        )
+        .create_pod_object(web_pod("again"), Some("inajob"))
         .await;
-    wait_for("again Running", 20, async || {
-        pods.get_opt("again")
-            .await
-            .ok()
-            .flatten()
-            .filter(|p| phase(p) == "Running")
-    })
-    .await;
+    wait_phase(&pods, "again", "Running", 20).await;
     env.remove_pod("again").await;
     let second = env
-        .create_pod_object(
-            pod(
-                "again",
-                json!({"containers": [{"name": "web", "image": "localhost/web:latest"}]}),
-            ),
-            Some("inajob"),
-        )
+        .create_pod_object(web_pod("again"), Some("inajob"))
         .await;
     assert_ne!(first.metadata.uid, second.metadata.uid);
     let new_uid = second.metadata.uid.clone().unwrap_or_default();
@@ -465,14 +454,7 @@ async fn the_daemon_runs_finishes_deletes_and_adopts() {
         Some("inajob"),
     )
     .await;
-    let hog = wait_for("hog Failed", 30, async || {
-        pods.get_opt("hog")
-            .await
-            .ok()
-            .flatten()
-            .filter(|p| phase(p) == "Failed")
-    })
-    .await;
+    let hog = wait_phase(&pods, "hog", "Failed", 30).await;
     let cs = &hog
         .status
         .as_ref()
@@ -546,14 +528,7 @@ async fn the_daemon_runs_finishes_deletes_and_adopts() {
             .any(|m| m.starts_with("Startup probe failed")),
         "{unhealthy:?}"
     );
-    wait_for("stubborn Running", 20, async || {
-        pods.get_opt("stubborn")
-            .await
-            .ok()
-            .flatten()
-            .filter(|p| phase(p) == "Running")
-    })
-    .await;
+    wait_phase(&pods, "stubborn", "Running", 20).await;
     let t = Instant::now();
     pods.delete("stubborn", &Default::default())
         .await
@@ -578,22 +553,9 @@ async fn the_daemon_runs_finishes_deletes_and_adopts() {
     // `pod-runner delete` typed beside the daemon: the pod ends finished
     // in the API (the one-shot command's meaning) and the daemon does
     // not start it again.
-    env.create_pod_object(
-        pod(
-            "typed",
-            json!({"containers": [{"name": "web", "image": "localhost/web:latest"}]}),
-        ),
-        Some("inajob"),
-    )
-    .await;
-    wait_for("typed Running", 20, async || {
-        pods.get_opt("typed")
-            .await
-            .ok()
-            .flatten()
-            .filter(|p| phase(p) == "Running")
-    })
-    .await;
+    env.create_pod_object(web_pod("typed"), Some("inajob"))
+        .await;
+    wait_phase(&pods, "typed", "Running", 20).await;
     let out = env.pod_runner(&["delete", "typed"]);
     assert!(out.status.success(), "{}", text(&out));
     tokio::time::sleep(Duration::from_secs(3)).await;

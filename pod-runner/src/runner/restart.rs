@@ -20,6 +20,16 @@ impl Runner {
         if self.ctrd.task(id).await?.is_none() {
             return Ok(None);
         }
+        self.terminate(id, grace).await
+    }
+
+    /// SIGTERM to the task, SIGKILL after `grace`; its exit status, `None`
+    /// when it was not reaped in time after the SIGKILL either.
+    pub(crate) async fn terminate(
+        &self,
+        id: &str,
+        grace: Duration,
+    ) -> Result<Option<u32>, RunError> {
         self.ctrd.kill(id, super::teardown::SIGTERM).await?;
         if let Some(code) = self.ctrd.wait(id, grace).await? {
             return Ok(Some(code));

@@ -36,11 +36,7 @@ impl Runner {
         if self.ctrd.task(id).await?.is_none() {
             return Ok(None);
         }
-        self.ctrd.kill(id, SIGTERM).await?;
-        if self.ctrd.wait(id, grace).await?.is_none() {
-            self.ctrd.kill(id, SIGKILL).await?;
-            self.ctrd.wait(id, KILL_WAIT).await?;
-        }
+        self.terminate(id, grace).await?;
         Ok(self.ctrd.delete_task(id).await?)
     }
 
