@@ -9,6 +9,7 @@ mod events;
 mod exec;
 mod image;
 mod pull;
+mod shim;
 mod unpack;
 
 use std::path::Path;
@@ -23,6 +24,7 @@ pub use events::{Envelope, Event};
 pub use exec::ExecOutcome;
 pub use image::ImageRef;
 pub use pull::normalize;
+pub use shim::live_shims;
 pub use unpack::{ImageInfo, chain_ids, hex};
 
 #[derive(Debug, thiserror::Error)]

@@ -28,24 +28,36 @@ fn places(root: &Path, uid: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Removes the pod's (empty) cgroup parents; missing ones are fine. A
-/// parent stays busy for a moment after its last task was reaped, so EBUSY
-/// is retried for up to two seconds.
+/// Removes the pod's (empty) cgroup parents and what is left under them:
+/// a runc killed half-way through a create leaves its container's cgroup
+/// behind. Missing ones are fine. A cgroup stays busy for a moment after
+/// its last task was reaped, so EBUSY is retried for up to two seconds.
 pub fn remove_pod(uid: &str) -> Result<(), String> {
+    remove_trees(&places(Path::new(ROOT), uid))
+}
+
+fn remove_trees(tops: &[PathBuf]) -> Result<(), String> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
     let mut errors = Vec::new();
-    for p in places(Path::new(ROOT), uid) {
-        let mut tries = 0;
-        loop {
-            match std::fs::remove_dir(&p) {
-                Ok(()) => break,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && tries < 40 => {
-                    tries += 1;
-                    std::thread::sleep(std::time::Duration::from_millis(50));
-                }
-                Err(e) => {
-                    errors.push(format!("{}: {e}", p.display()));
-                    break;
+    for top in tops {
+        let mut dirs = Vec::new();
+        subtree(top, &mut dirs);
+        // Children before their parent.
+        for p in dirs.iter().rev() {
+            loop {
+                match std::fs::remove_dir(p) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::EBUSY)
+                            && std::time::Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                    }
+                    Err(e) => {
+                        errors.push(format!("{}: {e}", p.display()));
+                        break;
+                    }
                 }
             }
         }
@@ -54,6 +66,20 @@ pub fn remove_pod(uid: &str) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("removing cgroups: {}", errors.join("; ")))
+    }
+}
+
+/// `dir` and the directories under it, each after its parent.
+fn subtree(dir: &Path, out: &mut Vec<PathBuf>) {
+    if !dir.is_dir() {
+        return;
+    }
+    out.push(dir.to_path_buf());
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        // Not through links: only real cgroup directories.
+        if e.file_type().is_ok_and(|t| t.is_dir()) {
+            subtree(&e.path(), out);
+        }
     }
 }
 
@@ -83,5 +109,17 @@ mod tests {
             places(d.path(), "u1"),
             vec![d.path().join("pod-runner/podu1")]
         );
+    }
+
+    #[test]
+    fn leftovers_under_a_parent_go_first_and_missing_ones_are_fine() {
+        let d = tempfile::tempdir().expect("tmp");
+        let top = d.path().join("memory/pod-runner/podu1");
+        std::fs::create_dir_all(top.join("c1")).expect("mkdir");
+        std::fs::create_dir_all(top.join("c2/inner")).expect("mkdir");
+        let gone = d.path().join("cpu/pod-runner/podu1");
+        assert_eq!(remove_trees(&[top.clone(), gone]), Ok(()));
+        assert!(!top.exists());
+        assert!(d.path().join("memory/pod-runner").exists());
     }
 }

@@ -219,12 +219,22 @@ fn replicaset_service_scale_delete_and_adoption() {
 
     // 1. The tutorial's ReplicaSet and Service, applied as the admin: the
     //    controller makes the pods, the scheduler binds them, the daemons
-    //    run them, with no manual step.
+    //    run them, with no manual step. The scheduler may put both pods on
+    //    one node (its view of the second node's readiness can lag), so a
+    //    hard spread over hostnames makes it one on each.
+    let mut rs: serde_json::Value = testbed::testdata::load_one("replicaset-web.yaml");
+    rs["spec"]["template"]["spec"]["topologySpreadConstraints"] = json!([{
+        "maxSkew": 1,
+        "topologyKey": "kubernetes.io/hostname",
+        "whenUnsatisfiable": "DoNotSchedule",
+        "labelSelector": {"matchLabels": {"app": "web"}}
+    }]);
+    let rs_file = c.write_file("replicaset-web.json", &rs.to_string());
     let d = testbed::testdata::dir();
     c.kubectl(&[
         "apply",
         "-f",
-        &d.join("replicaset-web.yaml").to_string_lossy(),
+        &rs_file.to_string_lossy(),
         "-f",
         &d.join("service-web.yaml").to_string_lossy(),
     ]);
@@ -669,8 +679,11 @@ fn crash_loop_probes_and_completion() {
             "live",
             "yuanying",
             json!({"app": "live"}),
+            // The delay: a probe of the new container before its server
+            // listens would fail, and with a threshold of 1 restart it
+            // again (as the kubelet would).
             json!({"livenessProbe": {"httpGet": {"path": "/healthz", "port": 8080},
-                "periodSeconds": 1, "failureThreshold": 1}}),
+                "initialDelaySeconds": 1, "periodSeconds": 1, "failureThreshold": 1}}),
         ),
     );
 

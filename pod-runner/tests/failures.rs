@@ -184,6 +184,35 @@ async fn sigkill_during_create_then_create_and_delete_work() {
     env.assert_clean();
 }
 
+/// SIGKILL the moment the sandbox's shim appears: containerd goes on with
+/// that task create in the shim (runc makes the pod's cgroup there) while
+/// `delete` already tears the pod down. The delete waits for the shim, so
+/// the cgroup does not outlive it (CI once saw it left behind).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kill_as_the_sandbox_shim_starts_leaves_nothing() {
+    let env = Env::new("prfshim");
+    for round in 0..10u64 {
+        let pod = env.create_pod("pod-web-002.yaml", Some("inajob")).await;
+        let uid = pod.metadata.uid.clone().expect("uid");
+        let sandbox = pod_runner::state::derive_id(&["sandbox", &uid]);
+        let mut child = env.command(&["create", "web-002"]).spawn().expect("spawn");
+        let t = Instant::now();
+        while containerd_api::live_shims(common::NS, &[&sandbox]).is_empty()
+            && t.elapsed() < Duration::from_secs(10)
+        {
+            // Different kill points inside the shim's first milliseconds.
+            std::thread::sleep(Duration::from_micros(200 + 300 * (round % 5)));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let del = env.pod_runner(&["delete", "web-002"]);
+        assert!(del.status.success(), "round {round}: {}", text(&del));
+        env.assert_clean();
+        assert!(!Env::netns_of(&uid).exists(), "netns left");
+        env.remove_pod("web-002").await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn pods_of_other_nodes_and_unbound_ones_are_refused() {
     let env = Env::new("prfref");

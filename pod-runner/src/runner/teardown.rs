@@ -19,6 +19,8 @@ pub(crate) const SIGTERM: u32 = 15;
 pub(crate) const SIGKILL: u32 = 9;
 /// How long a SIGKILLed task may take to be reaped.
 pub(crate) const KILL_WAIT: Duration = Duration::from_secs(10);
+/// How long a shim may take to finish a create its client abandoned.
+const SHIM_WAIT: Duration = Duration::from_secs(10);
 
 /// What `delete` did.
 #[derive(Debug, PartialEq, Eq)]
@@ -38,6 +40,37 @@ impl Runner {
         }
         self.terminate(id, grace).await?;
         Ok(self.ctrd.delete_task(id).await?)
+    }
+
+    /// Removes the pod's cgroups once no shim of its containers runs: a
+    /// create killed in a task create leaves that create going on in the
+    /// shim, and runc makes the cgroups there, maybe after this teardown
+    /// began (containerd's cleanup removes the container's own, not its
+    /// parent). Empty directories holding nothing: a warning, not a
+    /// failed delete.
+    async fn remove_cgroups(&self, r: &PodRecord) {
+        let ids: Vec<&str> = r
+            .containers
+            .iter()
+            .map(|c| c.id.as_str())
+            .chain(std::iter::once(r.sandbox_id.as_str()))
+            .collect();
+        let left = self.ctrd.wait_shims_gone(&ids, SHIM_WAIT).await;
+        if !left.is_empty() {
+            warn(&format!(
+                "pod {}/{}: the shims of {} still run after {SHIM_WAIT:?}",
+                r.namespace,
+                r.name,
+                left.join(", ")
+            ));
+        }
+        let uid = r.uid.clone();
+        let removed = tokio::task::spawn_blocking(move || crate::cgroup::remove_pod(&uid))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string()));
+        if let Err(e) = removed {
+            warn(&e);
+        }
     }
 
     /// Tears down everything `r` names; exit codes of the app containers.
@@ -77,10 +110,6 @@ impl Runner {
                 errors.push(format!("removing the lease of {id}: {e}"));
             }
         }
-        // Empty directories, holding nothing: not worth failing a delete.
-        if let Err(e) = crate::cgroup::remove_pod(&r.uid) {
-            warn(&e);
-        }
         // A create killed between making the file and mounting the
         // namespace on it leaves an empty file: no netns for CNI then.
         let ns_path = if netns::is_mounted(&r.netns) {
@@ -119,6 +148,8 @@ impl Runner {
             }
             _ => {}
         }
+        // Last, so the shims' own exits overlap the steps above.
+        self.remove_cgroups(r).await;
         if !errors.is_empty() {
             return Err(RunError::Failed(errors.join("; ")));
         }

@@ -396,6 +396,13 @@ impl DaemonCluster {
         Api::namespaced(self.admin.clone(), "default")
     }
 
+    /// `text` as the file `name` in the test's directory.
+    pub fn write_file(&self, name: &str, text: &str) -> PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        path
+    }
+
     /// The real kubectl as the admin; panics with its stderr on failure.
     pub fn kubectl(&self, args: &[&str]) -> String {
         self.cp.kubectl(args).unwrap_or_else(|e| panic!("{e}"))
