@@ -148,11 +148,13 @@ impl Runner {
             }
             _ => {}
         }
-        // Last, so the shims' own exits overlap the steps above.
-        self.remove_cgroups(r).await;
+        // After a failed step a task may still run, and its shim with it:
+        // the next teardown removes the cgroups.
         if !errors.is_empty() {
             return Err(RunError::Failed(errors.join("; ")));
         }
+        // Last, so the shims' own exits overlap the steps above.
+        self.remove_cgroups(r).await;
         self.store.remove(&r.namespace, &r.name)?;
         Ok(exits)
     }
