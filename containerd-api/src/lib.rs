@@ -24,7 +24,7 @@ pub use events::{Envelope, Event};
 pub use exec::ExecOutcome;
 pub use image::ImageRef;
 pub use pull::normalize;
-pub use shim::live_shims;
+pub use shim::{ShimsLeft, live_shims};
 pub use unpack::{ImageInfo, chain_ids, hex};
 
 #[derive(Debug, thiserror::Error)]

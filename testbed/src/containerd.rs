@@ -172,9 +172,11 @@ state = "{d}/state"
         }
         let _ = child.kill();
         let _ = child.wait();
-        // Shims outlive containerd by design; ours name our socket.
+        // Shims outlive containerd by design; ours name our socket. They
+        // catch SIGTERM and stay (a shim containerd had lost, its bundle
+        // deleted, was seen to live on after the test so), hence SIGKILL.
         let _ = Command::new("pkill")
-            .arg("-f")
+            .args(["-KILL", "-f"])
             .arg(format!(
                 "containerd-shim-runc-v2 .*-address {}",
                 self.socket().display()

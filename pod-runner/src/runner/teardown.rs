@@ -56,12 +56,17 @@ impl Runner {
             .chain(std::iter::once(r.sandbox_id.as_str()))
             .collect();
         let left = self.ctrd.wait_shims_gone(&ids, SHIM_WAIT).await;
-        if !left.is_empty() {
+        let pod = format!("{}/{}", r.namespace, r.name);
+        if !left.killed.is_empty() {
             warn(&format!(
-                "pod {}/{}: the shims of {} still run after {SHIM_WAIT:?}",
-                r.namespace,
-                r.name,
-                left.join(", ")
+                "pod {pod}: killed the shims containerd abandoned of {}",
+                left.killed.join(", ")
+            ));
+        }
+        if !left.running.is_empty() {
+            warn(&format!(
+                "pod {pod}: the shims of {} still run after {SHIM_WAIT:?}",
+                left.running.join(", ")
             ));
         }
         let uid = r.uid.clone();
