@@ -2,11 +2,9 @@
 //! emulated node's registration, its checks (a pod answers, the cgroups
 //! left), and small process helpers.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::core::v1::Node as NodeObject;
@@ -84,23 +82,7 @@ pub fn expect_answer(ns: &Netns, ip: &str, pod: &str) -> Result<()> {
     let addr: SocketAddr = format!("{ip}:8080")
         .parse()
         .with_context(|| format!("pod IP {ip:?}"))?;
-    let answer = ns.run(|| {
-        let mut last = None;
-        for _ in 0..50 {
-            match TcpStream::connect_timeout(&addr, Duration::from_secs(1)) {
-                Ok(mut s) => {
-                    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-                    s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
-                    let mut out = String::new();
-                    s.read_to_string(&mut out)?;
-                    return Ok(out);
-                }
-                Err(e) => last = Some(e),
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Err(last.unwrap_or_else(|| std::io::Error::other("no attempt")))
-    });
+    let answer = testbed::http::try_get_path_in(&ns.path(), addr, "/");
     let answer = answer.with_context(|| format!("GET http://{addr}/ from the node"))?;
     ensure!(
         answer.starts_with("HTTP/1.0 200") && answer.ends_with(&format!("\n{pod}\n")),

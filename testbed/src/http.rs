@@ -22,6 +22,13 @@ pub fn get_in(path: &Path, addr: SocketAddr) -> String {
 
 /// `GET <url_path>` to `addr` from the netns at `path`.
 pub fn get_path_in(path: &Path, addr: SocketAddr, url_path: &str) -> String {
+    try_get_path_in(path, addr, url_path)
+        .unwrap_or_else(|e| panic!("GET http://{addr}/ from {}: {e}", path.display()))
+}
+
+/// [`get_path_in`] returning the error (for the benchmarks, which report
+/// it instead of panicking).
+pub fn try_get_path_in(path: &Path, addr: SocketAddr, url_path: &str) -> std::io::Result<String> {
     netkit::netns::run_in(path, || {
         let mut last = None;
         for _ in 0..50 {
@@ -41,7 +48,6 @@ pub fn get_path_in(path: &Path, addr: SocketAddr, url_path: &str) -> String {
     })
     .map_err(|e| std::io::Error::other(e.to_string()))
     .and_then(|r| r)
-    .unwrap_or_else(|e: std::io::Error| panic!("GET http://{addr}/ from {}: {e}", path.display()))
 }
 
 /// A server in `ns` on :8080 answering `<name> <peer ip>` to each
